@@ -1,0 +1,1 @@
+//! aem: the AEM loss head (placeholder while the crate is being laid out).
