@@ -1,1 +1,107 @@
-fn main() {}
+//! Loss-head throughput. Groups by stem: `loss_head_fwd/<executor>`, `loss_head_bwd/<executor>`.
+//! Shapes: T = 4096, V = 32000 by default (`AEM_BENCH_T`, `AEM_BENCH_V` override).
+//! Bytes counted: forward reads T·V·2 (f16 logits) and writes 3·T·4 (logp, entropy, lse);
+//! backward reads T·V·2 and writes T·V·4 (f32 dlogits).
+
+use aem::cpu;
+use aem::head::{self, HeadConfig, HeadInputs};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use half::f16;
+use std::hint::black_box;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Batch {
+    logits: Vec<f16>,
+    vocab: usize,
+    targets: Vec<u32>,
+    resp_start: Vec<u32>,
+    resp_len: Vec<u32>,
+    resp_group: Vec<u32>,
+    adv_base: Vec<f32>,
+    n_groups: usize,
+}
+
+impl Batch {
+    /// T rows in responses of 16 rows, groups of 8 responses; logits distinct per row and column.
+    fn new(t: usize, v: usize) -> Self {
+        let logits = (0..t * v)
+            .map(|i| {
+                let (r, c) = ((i / v) as f32, (i % v) as f32);
+                f16::from_f32(3.0 * (c * 0.731 + r * 0.37).sin() + 0.5 * (c * 0.013).cos())
+            })
+            .collect();
+        let targets = (0..t).map(|i| ((i * 7919) % v) as u32).collect();
+        let r = t / 16;
+        Batch {
+            logits,
+            vocab: v,
+            targets,
+            resp_start: (0..r).map(|i| (16 * i) as u32).collect(),
+            resp_len: vec![16; r],
+            resp_group: (0..r).map(|i| (i / 8) as u32).collect(),
+            adv_base: (0..r)
+                .map(|i| if i % 3 == 0 { 1.0 } else { -0.5 })
+                .collect(),
+            n_groups: r.div_ceil(8),
+        }
+    }
+
+    fn inputs(&self) -> HeadInputs<'_> {
+        HeadInputs {
+            logits: &self.logits,
+            vocab: self.vocab,
+            targets: &self.targets,
+            resp_start: &self.resp_start,
+            resp_len: &self.resp_len,
+            resp_group: &self.resp_group,
+            n_groups: self.n_groups,
+            adv_base: &self.adv_base,
+            old_logp: None,
+            ref_logp: None,
+        }
+    }
+}
+
+fn bench_cpu(c: &mut Criterion) {
+    let t = env_usize("AEM_BENCH_T", 4096);
+    let v = env_usize("AEM_BENCH_V", 32000);
+    let b = Batch::new(t, v);
+    let inp = b.inputs();
+    let cfg = HeadConfig::default();
+    let layout = head::validate(&inp, &cfg).expect("valid bench batch");
+    let tv = (t * v) as u64;
+
+    let mut g = c.benchmark_group("loss_head_fwd");
+    g.sample_size(10);
+    g.throughput(Throughput::Bytes(2 * tv + 12 * t as u64));
+    g.bench_function(format!("cpu_ref_f64/T{t}xV{v}"), |bch| {
+        bch.iter(|| black_box(cpu::forward::<f64>(&inp, &cfg, &layout)))
+    });
+    g.bench_function(format!("cpu_ref_f32/T{t}xV{v}"), |bch| {
+        bch.iter(|| black_box(cpu::forward::<f32>(&inp, &cfg, &layout)))
+    });
+    g.finish();
+
+    let fwd = cpu::forward::<f64>(&inp, &cfg, &layout);
+    let loss = cpu::policy_loss(&inp, &cfg, &layout, &fwd.tokens, &fwd.aem.adv);
+    let mut out = vec![0f32; t * v];
+    let mut g = c.benchmark_group("loss_head_bwd");
+    g.sample_size(10);
+    g.throughput(Throughput::Bytes(6 * tv));
+    g.bench_function(format!("cpu_ref_f64/T{t}xV{v}"), |bch| {
+        bch.iter(|| {
+            cpu::policy_grad(&inp, &cfg, &fwd.tokens, &loss, &mut out);
+            black_box(&out);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_cpu);
+criterion_main!(benches);

@@ -1,1 +1,22 @@
-//! aem: the AEM loss head (placeholder while the crate is being laid out).
+//! # aem — the AEM loss head for multi-turn agentic RL
+//!
+//! Adaptive Entropy Modulation (arXiv 2605.00425) rescales each response's advantage by a
+//! response-level uncertainty proxy (its mean token entropy, min–max ranked within its group).
+//! The contract is `shared/design/AEM.md`; this crate computes it.
+//!
+//! Shape letters, defined once: `T` rows of the packed batch, `V` vocabulary, `R` responses,
+//! `G` groups.
+//!
+//! Reading order:
+//! 1. [`head`] — configuration, inputs, validation into a [`head::Layout`].
+//! 2. [`cpu`] — the reference: every number the kernels must reproduce.
+//! 3. [`advantage`] — GRPO, Dr.GRPO, RLOO, GiGPO base advantages.
+//! 4. [`io`] — safetensors files for `aem head`.
+
+pub mod advantage;
+pub mod cpu;
+pub mod error;
+pub mod head;
+pub mod io;
+
+pub use error::{Error, Result};

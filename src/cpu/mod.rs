@@ -1,0 +1,430 @@
+//! The CPU reference of the loss head: AEM.md §1–6 as plain loops. This is the specification in
+//! code; the kernels and the emulator are held against it.
+//!
+//! Every function is generic over the accumulation type `F`: `f64` is the reference proper, and
+//! `f32` is "a plain implementation in the kernels' precision" whose error against `f64` earns
+//! the tolerance of the parity tests (ARCHITECTURE.md: a kernel may be at most twice as far from
+//! `f64` as the plain `f32` path, plus a small `atol`).
+//!
+//! Stems (shared with kernels, launchers, tests and benches): `token_stats`, `resp_stats`,
+//! `aem_alpha`, `policy_loss`, `policy_grad`.
+
+use crate::head::{HeadConfig, HeadInputs, Layout};
+use half::f16;
+use rayon::prelude::*;
+
+/// An accumulation type of the reference (`f32` or `f64`).
+pub trait Real:
+    num_traits::Float + Send + Sync + std::fmt::Debug + std::iter::Sum + 'static
+{
+    fn of(x: f64) -> Self;
+    fn to_f64(self) -> f64;
+}
+
+impl Real for f32 {
+    fn of(x: f64) -> Self {
+        x as f32
+    }
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+}
+
+impl Real for f64 {
+    fn of(x: f64) -> Self {
+        x
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
+
+/// An element type the gradient can be written as.
+pub trait GradElem: Copy + Send + Sync + Default {
+    fn from_real<F: Real>(x: F) -> Self;
+}
+
+impl GradElem for f16 {
+    fn from_real<F: Real>(x: F) -> Self {
+        // Round once, from the accumulation type (f64 → f16 directly, no double rounding).
+        f16::from_f64(x.to_f64())
+    }
+}
+impl GradElem for f32 {
+    fn from_real<F: Real>(x: F) -> Self {
+        x.to_f64() as f32
+    }
+}
+impl GradElem for f64 {
+    fn from_real<F: Real>(x: F) -> Self {
+        x.to_f64()
+    }
+}
+
+/// A logit element the reference reads (`f16` in production; `f32`/`f64` for finite differences).
+pub trait Logit: Copy + Send + Sync {
+    fn to_f64(self) -> f64;
+}
+impl Logit for f16 {
+    fn to_f64(self) -> f64 {
+        f64::from(self.to_f32())
+    }
+}
+impl Logit for f32 {
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+}
+impl Logit for f64 {
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
+
+/// Per-row statistics (AEM.md §1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenStats<F> {
+    /// logp: (T) — `z[y] − LSE`.
+    pub logp: Vec<F>,
+    /// entropy: (T) — `LSE − Σ p z`.
+    pub entropy: Vec<F>,
+    /// lse: (T) — `log Σ exp z`.
+    pub lse: Vec<F>,
+}
+
+/// Statistics of one row, `z = x / τ` (multiplied by `1/τ`, as the kernels do).
+/// Entropy is computed from shifted values, `H = log s − Σ e·(z − m) / s` with
+/// `e = exp(z − m)`, which avoids the cancellation of `LSE − E[z]` when `|m|` is large.
+pub fn row_stats<F: Real, X: Logit>(row: &[X], target: usize, inv_t: F) -> (F, F, F) {
+    let z = |x: &X| F::of(x.to_f64()) * inv_t;
+    let m = row.iter().map(z).fold(F::neg_infinity(), F::max);
+    let (mut s, mut sz) = (F::zero(), F::zero());
+    for x in row {
+        let d = z(x) - m;
+        let e = d.exp();
+        s = s + e;
+        sz = sz + e * d;
+    }
+    let log_s = s.ln();
+    let lse = m + log_s;
+    let entropy = log_s - sz / s;
+    let logp = z(&row[target]) - lse;
+    (logp, entropy, lse)
+}
+
+/// token_stats: logits (T, V) f16, targets (T) u32 → logp, entropy, lse (T). Rows in parallel.
+pub fn token_stats<F: Real>(inp: &HeadInputs, cfg: &HeadConfig) -> TokenStats<F> {
+    token_stats_of(inp.logits, inp.vocab, inp.targets, cfg.temperature)
+}
+
+/// token_stats over logits of any element type: logits (T, V), targets (T).
+pub fn token_stats_of<F: Real, X: Logit>(
+    logits: &[X],
+    vocab: usize,
+    targets: &[u32],
+    temperature: f32,
+) -> TokenStats<F> {
+    let inv_t = F::one() / F::of(f64::from(temperature));
+    let rows: Vec<(F, F, F)> = logits
+        .par_chunks(vocab.max(1))
+        .zip(targets.par_iter())
+        .map(|(row, &y)| row_stats(row, y as usize, inv_t))
+        .collect();
+    TokenStats {
+        logp: rows.iter().map(|r| r.0).collect(),
+        entropy: rows.iter().map(|r| r.1).collect(),
+        lse: rows.iter().map(|r| r.2).collect(),
+    }
+}
+
+/// Per-response statistics (AEM.md §2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RespStats<F> {
+    /// resp_surprisal: (R) — `Σ_t −logp_t`.
+    pub surprisal: Vec<F>,
+    /// resp_mean_entropy: (R) — `(1/len) Σ_t H_t`.
+    pub mean_entropy: Vec<F>,
+}
+
+/// resp_stats: logp, entropy (T) → surprisal, mean entropy (R), summed in row order.
+pub fn resp_stats<F: Real>(inp: &HeadInputs, ts: &TokenStats<F>) -> RespStats<F> {
+    let r = inp.responses();
+    let mut surprisal = Vec::with_capacity(r);
+    let mut mean_entropy = Vec::with_capacity(r);
+    for i in 0..r {
+        let (s, l) = (inp.resp_start[i] as usize, inp.resp_len[i] as usize);
+        let (mut sp, mut h) = (F::zero(), F::zero());
+        for t in s..s + l {
+            sp = sp - ts.logp[t];
+            h = h + ts.entropy[t];
+        }
+        surprisal.push(sp);
+        mean_entropy.push(h / F::of(l as f64));
+    }
+    RespStats {
+        surprisal,
+        mean_entropy,
+    }
+}
+
+/// AEM weights and rescaled advantages (AEM.md §3).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AemAlpha<F> {
+    /// alpha: (R) — group-mean-1 weights, decreasing in mean entropy.
+    pub alpha: Vec<F>,
+    /// adv: (R) — `α · adv_base`.
+    pub adv: Vec<F>,
+    /// Groups that kept `α = 1` because they had one response or a range below `δ`.
+    pub guarded_groups: usize,
+}
+
+/// aem_alpha: mean entropy (R), groups → α and `A = α·adv_base` (R).
+pub fn aem_alpha<F: Real>(
+    inp: &HeadInputs,
+    cfg: &HeadConfig,
+    layout: &Layout,
+    mean_entropy: &[F],
+) -> AemAlpha<F> {
+    let r = inp.responses();
+    let mut alpha = vec![F::one(); r];
+    let mut guarded_groups = 0;
+    let lambda = F::of(f64::from(cfg.lambda));
+    let delta = F::of(f64::from(cfg.delta));
+    for g in 0..inp.n_groups {
+        let members =
+            &layout.grp_members[layout.grp_offsets[g] as usize..layout.grp_offsets[g + 1] as usize];
+        if members.is_empty() {
+            continue;
+        }
+        let h = |i: &u32| mean_entropy[*i as usize];
+        let lo = members.iter().map(h).fold(F::infinity(), F::min);
+        let hi = members.iter().map(h).fold(F::neg_infinity(), F::max);
+        if members.len() == 1 || hi - lo < delta {
+            guarded_groups += 1;
+            continue;
+        }
+        let w: Vec<F> = members
+            .iter()
+            .map(|i| (-lambda * (h(i) - lo) / (hi - lo)).exp())
+            .collect();
+        let mean_w = w.iter().copied().sum::<F>() / F::of(members.len() as f64);
+        for (i, wi) in members.iter().zip(&w) {
+            alpha[*i as usize] = *wi / mean_w;
+        }
+    }
+    let adv = alpha
+        .iter()
+        .zip(inp.adv_base)
+        .map(|(a, b)| *a * F::of(f64::from(*b)))
+        .collect();
+    AemAlpha {
+        alpha,
+        adv,
+        guarded_groups,
+    }
+}
+
+/// Everything the forward pass produces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forward<F> {
+    pub tokens: TokenStats<F>,
+    pub resp: RespStats<F>,
+    pub aem: AemAlpha<F>,
+}
+
+/// The forward pass: token stats → response stats → α and rescaled advantages.
+pub fn forward<F: Real>(inp: &HeadInputs, cfg: &HeadConfig, layout: &Layout) -> Forward<F> {
+    let tokens = token_stats(inp, cfg);
+    let resp = resp_stats(inp, &tokens);
+    let aem = aem_alpha(inp, cfg, layout, &resp.mean_entropy);
+    Forward { tokens, resp, aem }
+}
+
+/// The loss of one row and its derivative with respect to `logp` (AEM.md §5–6).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenLoss<F> {
+    /// `ℓ_t`, unweighted.
+    pub loss: F,
+    /// `g_t = ∂ℓ_t/∂logp_t` (surrogate and KL parts; the entropy part is separate).
+    pub dlogp: F,
+    /// The unclipped surrogate is not the active one (PPO clip or dual clip took over).
+    pub clipped: bool,
+}
+
+/// One row's loss from its advantage `a`, `logp`, entropy `h`, `old_logp` and `ref_logp`.
+/// Decisions beyond the formulas: ties in the PPO max go to the unclipped term; wherever a clamp
+/// (ratio, KL δ, k3 value) is strictly active the gradient through it is zero.
+pub fn token_loss<F: Real>(
+    cfg: &HeadConfig,
+    a: F,
+    logp: F,
+    h: F,
+    old_logp: F,
+    ref_logp: Option<F>,
+) -> TokenLoss<F> {
+    let c = |x: f32| F::of(f64::from(x));
+    let twenty = F::of(20.0);
+    let d = logp - old_logp;
+    let dc = d.max(-twenty).min(twenty);
+    let rho = dc.exp();
+    let unclipped = -a * rho;
+    let clipped_val = -a
+        * rho
+            .max(F::one() - c(cfg.clip_low))
+            .min(F::one() + c(cfg.clip_high));
+    let (mut loss, mut g, mut clipped) = if unclipped >= clipped_val {
+        let g = if d == dc { -a * rho } else { F::zero() };
+        (unclipped, g, false)
+    } else {
+        (clipped_val, F::zero(), true)
+    };
+    if let Some(dual) = cfg.dual_clip {
+        let cap = -a * c(dual);
+        if a < F::zero() && cap < loss {
+            loss = cap;
+            g = F::zero();
+            clipped = true;
+        }
+    }
+    loss = loss - c(cfg.entropy_coef) * h;
+    if cfg.kl_coef != 0.0 {
+        if let Some(r) = ref_logp {
+            let beta = c(cfg.kl_coef);
+            let dd = r - logp;
+            let ddc = dd.max(-twenty).min(twenty);
+            let k3 = ddc.exp() - ddc - F::one();
+            let ten = F::of(10.0);
+            let k3c = k3.max(-ten).min(ten);
+            loss = loss + beta * k3c;
+            if dd == ddc && k3 == k3c {
+                g = g + beta * (F::one() - ddc.exp());
+            }
+        }
+    }
+    TokenLoss {
+        loss,
+        dlogp: g,
+        clipped,
+    }
+}
+
+/// The policy loss of the batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyLoss<F> {
+    /// token_loss: (T) — unweighted `ℓ_t`, 0 for unowned rows.
+    pub token_loss: Vec<F>,
+    /// dlogp: (T) — `g_t`, 0 for unowned rows.
+    pub dlogp: Vec<F>,
+    /// weight: (T) — `w_t`, 0 for unowned rows.
+    pub weight: Vec<F>,
+    /// `L = Σ_t w_t ℓ_t`, summed in row order.
+    pub loss: F,
+    /// Owned rows whose unclipped surrogate was not active.
+    pub clipped_rows: usize,
+}
+
+/// policy_loss: per-row loss, derivative and weight, and the scalar loss.
+pub fn policy_loss<F: Real>(
+    inp: &HeadInputs,
+    cfg: &HeadConfig,
+    layout: &Layout,
+    tokens: &TokenStats<F>,
+    adv: &[F],
+) -> PolicyLoss<F> {
+    let t_rows = inp.rows();
+    let mut out = PolicyLoss {
+        token_loss: vec![F::zero(); t_rows],
+        dlogp: vec![F::zero(); t_rows],
+        weight: vec![F::zero(); t_rows],
+        loss: F::zero(),
+        clipped_rows: 0,
+    };
+    for t in 0..t_rows {
+        let Ok(r) = usize::try_from(layout.row_resp[t]) else {
+            continue; // unowned row: no loss, zero gradient
+        };
+        let logp = tokens.logp[t];
+        let old = inp.old_logp.map_or(logp, |o| F::of(f64::from(o[t])));
+        let rf = inp.ref_logp.map(|o| F::of(f64::from(o[t])));
+        let tl = token_loss(cfg, adv[r], logp, tokens.entropy[t], old, rf);
+        let w = F::of(layout.weight(cfg.agg, inp.resp_len[r]));
+        out.token_loss[t] = tl.loss;
+        out.dlogp[t] = tl.dlogp;
+        out.weight[t] = w;
+        out.loss = out.loss + w * tl.loss;
+        out.clipped_rows += usize::from(tl.clipped);
+    }
+    out
+}
+
+/// policy_grad: writes `dlogits (T, V)` (AEM.md §6) into `out`, in the element type `E`.
+///
+/// `dlogits[t,v] = s·w_t/τ·( g_t (1[v=y] − p_v) + β_H p_v (z_v − E_z) )` for owned rows, 0 else;
+/// `p_v = exp(z_v − LSE)`, `E_z = LSE − H`. The target entry is computed in `F` and written once.
+pub fn policy_grad<F: Real, E: GradElem>(
+    inp: &HeadInputs,
+    cfg: &HeadConfig,
+    tokens: &TokenStats<F>,
+    loss: &PolicyLoss<F>,
+    out: &mut [E],
+) {
+    policy_grad_of(inp.logits, inp.vocab, inp.targets, cfg, tokens, loss, out)
+}
+
+/// policy_grad over logits of any element type: logits (T, V), targets (T), out (T, V).
+pub fn policy_grad_of<F: Real, X: Logit, E: GradElem>(
+    logits: &[X],
+    vocab: usize,
+    targets: &[u32],
+    cfg: &HeadConfig,
+    tokens: &TokenStats<F>,
+    loss: &PolicyLoss<F>,
+    out: &mut [E],
+) {
+    let v = vocab.max(1);
+    let inv_t = F::one() / F::of(f64::from(cfg.temperature));
+    let s = F::of(f64::from(cfg.grad_scale));
+    let beta_h = F::of(f64::from(cfg.entropy_coef));
+    out.par_chunks_mut(v)
+        .zip(logits.par_chunks(v))
+        .enumerate()
+        .for_each(|(t, (orow, lrow))| {
+            let w = loss.weight[t];
+            if w == F::zero() {
+                orow.fill(E::default());
+                return;
+            }
+            let (lse, h, g) = (tokens.lse[t], tokens.entropy[t], loss.dlogp[t]);
+            let e_z = lse - h;
+            let scale = s * w * inv_t;
+            let y = targets[t] as usize;
+            for (j, (o, x)) in orow.iter_mut().zip(lrow).enumerate() {
+                let z = F::of(x.to_f64()) * inv_t;
+                let p = (z - lse).exp();
+                let onehot = if j == y { F::one() } else { F::zero() };
+                *o = E::from_real(scale * (g * (onehot - p) + beta_h * p * (z - e_z)));
+            }
+        });
+}
+
+/// Everything the loss head computes, at accumulation precision `F`, with the gradient in `E`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadOutput<F, E> {
+    pub fwd: Forward<F>,
+    pub loss: PolicyLoss<F>,
+    /// dlogits: (T, V).
+    pub dlogits: Vec<E>,
+}
+
+/// The whole head on the CPU: validate, forward, loss, gradient.
+pub fn loss_head<F: Real, E: GradElem>(
+    inp: &HeadInputs,
+    cfg: &HeadConfig,
+) -> crate::Result<HeadOutput<F, E>> {
+    let layout = crate::head::validate(inp, cfg)?;
+    let fwd = forward::<F>(inp, cfg, &layout);
+    let loss = policy_loss(inp, cfg, &layout, &fwd.tokens, &fwd.aem.adv);
+    let mut dlogits = vec![E::default(); inp.logits.len()];
+    policy_grad(inp, cfg, &fwd.tokens, &loss, &mut dlogits);
+    Ok(HeadOutput { fwd, loss, dlogits })
+}
