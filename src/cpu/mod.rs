@@ -199,7 +199,8 @@ pub fn aem_alpha<F: Real>(
         let h = |i: &u32| mean_entropy[*i as usize];
         let lo = members.iter().map(h).fold(F::infinity(), F::min);
         let hi = members.iter().map(h).fold(F::neg_infinity(), F::max);
-        if members.len() == 1 || hi - lo < delta {
+        // `hi == lo` also guards δ = 0 with equal entropies (0/0 otherwise).
+        if members.len() == 1 || hi - lo < delta || hi <= lo {
             guarded_groups += 1;
             continue;
         }
