@@ -38,10 +38,7 @@ fn run(ep: &mut Episode, text: &str) -> (String, bool, f32) {
 #[test]
 fn prototype_prompt_is_14_tokens() {
     let e = ep(GoalView::Always);
-    assert_eq!(
-        e.prompt_text(),
-        "<bos> goal r+2 c+3 view # # # # @ . # . O"
-    );
+    assert_eq!(e.prompt_text(), "<bos> goal r+2 c+3 view # # # # @ . # . O");
     assert_eq!(e.prompt().len(), 14);
 }
 
@@ -49,11 +46,11 @@ fn prototype_prompt_is_14_tokens() {
 fn moves_walls_and_goal() {
     let mut e = ep(GoalView::Always);
     assert_eq!(run(&mut e, "n end"), ("wall".into(), false, 0.0));
-    assert_eq!(run(&mut e, "s ; s ; e end"), ("ok ok ok".into(), false, 0.0));
     assert_eq!(
-        e.observation_text(),
-        "goal r+0 c+2 view . O . . @ . . . ."
+        run(&mut e, "s ; s ; e end"),
+        ("ok ok ok".into(), false, 0.0)
     );
+    assert_eq!(e.observation_text(), "goal r+0 c+2 view . O . . @ . . . .");
     assert_eq!(run(&mut e, "e ; e ; e end"), ("ok win".into(), true, 1.0));
     assert_eq!(e.status(), Status::Won);
     // After the end nothing changes.
@@ -153,8 +150,14 @@ fn mask_allows_every_move() {
     let names: Vec<_> = m.iter().map(|t| v.token(t).unwrap()).collect();
     assert_eq!(names, ["end", ";"]);
     let m = e.valid_next(&v.encode("n ; e ; w").unwrap());
-    assert_eq!(m.iter().map(|t| v.token(t).unwrap()).collect::<Vec<_>>(), ["end"]);
+    assert_eq!(
+        m.iter().map(|t| v.token(t).unwrap()).collect::<Vec<_>>(),
+        ["end"]
+    );
     // A move into the hole ends the episode: only `end` may follow it.
     let m = e.valid_next(&v.encode("e ; s").unwrap());
-    assert_eq!(m.iter().map(|t| v.token(t).unwrap()).collect::<Vec<_>>(), ["end"]);
+    assert_eq!(
+        m.iter().map(|t| v.token(t).unwrap()).collect::<Vec<_>>(),
+        ["end"]
+    );
 }

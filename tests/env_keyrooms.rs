@@ -42,12 +42,24 @@ fn names(ep: &Episode, prefix: &str) -> Vec<&'static str> {
 #[test]
 fn containers_take_put_win() {
     let mut e = Episode::new(&world(false), PromptConfig::default());
-    assert_eq!(e.prompt_text(), "<bos> goal coin chest room red exits blue see box shut hold none");
+    assert_eq!(
+        e.prompt_text(),
+        "<bos> goal coin chest room red exits blue see box shut hold none"
+    );
     assert_eq!(run(&mut e, "take coin end"), "no");
-    assert_eq!(run(&mut e, "open box ; take coin ; go blue end"), "ok ok ok");
-    assert_eq!(e.observation_text(), "room blue exits red see chest shut hold coin");
+    assert_eq!(
+        run(&mut e, "open box ; take coin ; go blue end"),
+        "ok ok ok"
+    );
+    assert_eq!(
+        e.observation_text(),
+        "room blue exits red see chest shut hold coin"
+    );
     assert_eq!(run(&mut e, "put coin chest end"), "no");
-    assert_eq!(run(&mut e, "open chest ; put coin chest ; go red end"), "ok win");
+    assert_eq!(
+        run(&mut e, "open chest ; put coin chest ; go red end"),
+        "ok win"
+    );
     assert_eq!(e.status(), Status::Won);
     assert_eq!(e.reward(), 1.0);
 }
@@ -55,22 +67,40 @@ fn containers_take_put_win() {
 #[test]
 fn wrong_put_is_not_a_win() {
     let mut e = Episode::new(&world(false), PromptConfig::default());
-    assert_eq!(run(&mut e, "open box ; take coin ; put coin box end"), "ok ok ok");
-    assert_eq!(e.observation_text(), "room red exits blue see box open coin hold none");
+    assert_eq!(
+        run(&mut e, "open box ; take coin ; put coin box end"),
+        "ok ok ok"
+    );
+    assert_eq!(
+        e.observation_text(),
+        "room red exits blue see box open coin hold none"
+    );
     assert!(!e.done());
 }
 
 #[test]
 fn locked_door_and_key() {
     let mut e = Episode::new(&world(true), PromptConfig::default());
-    assert_eq!(e.observation_text(), "room red exits blue locked see box shut hold none");
+    assert_eq!(
+        e.observation_text(),
+        "room red exits blue locked see box shut hold none"
+    );
     assert_eq!(run(&mut e, "go blue end"), "locked");
     assert_eq!(run(&mut e, "go green ; open box end"), "no ok");
-    assert_eq!(e.observation_text(), "room red exits blue locked see box open coin key hold none");
+    assert_eq!(
+        e.observation_text(),
+        "room red exits blue locked see box open coin key hold none"
+    );
     assert_eq!(run(&mut e, "take key ; go blue ; go red end"), "ok ok ok");
     // The key stayed in the lock; the door is open for good.
-    assert_eq!(e.observation_text(), "room red exits blue see box open coin hold none");
-    assert_eq!(run(&mut e, "take coin ; go blue ; open chest end"), "ok ok ok");
+    assert_eq!(
+        e.observation_text(),
+        "room red exits blue see box open coin hold none"
+    );
+    assert_eq!(
+        run(&mut e, "take coin ; go blue ; open chest end"),
+        "ok ok ok"
+    );
     assert_eq!(run(&mut e, "put coin chest end"), "win");
 }
 
@@ -113,11 +143,15 @@ fn goal_pairs_split() {
     for name in ["keyrooms-train", "keyrooms-hard"] {
         let lv = aem::env::level(name).unwrap();
         for s in 0..300 {
-            let Task::KeyRooms(t) = train_task(&lv, s).unwrap() else { unreachable!() };
+            let Task::KeyRooms(t) = train_task(&lv, s).unwrap() else {
+                unreachable!()
+            };
             assert!(!held_out(t.goal.0, t.goal.1));
         }
         for t in test_tasks(&lv, 200).unwrap() {
-            let Task::KeyRooms(k) = &t else { unreachable!() };
+            let Task::KeyRooms(k) = &t else {
+                unreachable!()
+            };
             assert!(held_out(k.goal.0, k.goal.1));
             assert_eq!(t.split(), Split::Test);
         }
@@ -128,13 +162,18 @@ fn goal_pairs_split() {
 fn generated_worlds_are_well_formed() {
     let lv = Level::KeyRooms(keyrooms::Params::hard());
     for s in 0..500 {
-        let Task::KeyRooms(t) = lv.generate(s).unwrap() else { unreachable!() };
+        let Task::KeyRooms(t) = lv.generate(s).unwrap() else {
+            unreachable!()
+        };
         let d = t.locked_door.unwrap();
         let key = t.object_at[OBJECTS].unwrap();
         assert!(t.container_room[key].unwrap() <= d, "key beyond its door");
         assert_ne!(t.object_at[t.goal.0], Some(t.goal.1), "goal already met");
         for r in 0..t.room_colour.len() {
-            assert!(t.container_room.contains(&Some(r)), "room without container");
+            assert!(
+                t.container_room.contains(&Some(r)),
+                "room without container"
+            );
         }
     }
 }

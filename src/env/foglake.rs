@@ -10,7 +10,8 @@
 //! reward 1). A move off the grid leaves the agent in place (`wall`); others give `ok`.
 //!
 //! Instances: holes i.i.d. with probability `hole_p`, start and goal on floor with Manhattan
-//! distance in `[min_dist, max_dist]` and a path between them (so every task is solvable).
+//! distance in `[min_dist, max_dist]` and a path between them of at most `3 * max_turns` moves
+//! (so the full-map oracle solves every task).
 //!
 //! Vocabulary (ids): 0–10 shared (see [`super::vocab::SHARED`]), 11 `view`, 12 `#`, 13 `.`,
 //! 14 `O`, 15 `G`, 16 `@`, 17 `n`, 18 `s`, 19 `e`, 20 `w`, 21 `wall`, 22 `hole`, 23 `r?`,
@@ -28,10 +29,10 @@ use super::{Env, EnvError, Outcome, Split};
 /// The FogLake token table.
 pub const TOKENS: [&str; 51] = [
     SHARED[0], SHARED[1], SHARED[2], SHARED[3], SHARED[4], SHARED[5], SHARED[6], SHARED[7],
-    SHARED[8], SHARED[9], SHARED[10], "view", "#", ".", "O", "G", "@", "n", "s", "e", "w",
-    "wall", "hole", "r?", "c?", "r-6", "r-5", "r-4", "r-3", "r-2", "r-1", "r+0", "r+1", "r+2",
-    "r+3", "r+4", "r+5", "r+6", "c-6", "c-5", "c-4", "c-3", "c-2", "c-1", "c+0", "c+1", "c+2",
-    "c+3", "c+4", "c+5", "c+6",
+    SHARED[8], SHARED[9], SHARED[10], "view", "#", ".", "O", "G", "@", "n", "s", "e", "w", "wall",
+    "hole", "r?", "c?", "r-6", "r-5", "r-4", "r-3", "r-2", "r-1", "r+0", "r+1", "r+2", "r+3",
+    "r+4", "r+5", "r+6", "c-6", "c-5", "c-4", "c-3", "c-2", "c-1", "c+0", "c+1", "c+2", "c+3",
+    "c+4", "c+5", "c+6",
 ];
 /// The FogLake vocabulary.
 pub static VOCAB: Vocab = Vocab::new("foglake", &TOKENS);
@@ -179,6 +180,10 @@ impl Task {
     /// A shortest path of moves from start to goal (full map), if any.
     pub fn shortest_path(&self) -> Option<Vec<TokenId>> {
         let n = self.size;
+        let inside = |(r, c): (usize, usize)| r < n && c < n;
+        if !inside(self.start) || !inside(self.goal) || self.holes.len() < n * n {
+            return None;
+        }
         let idx = |(r, c): (usize, usize)| r * n + c;
         let mut prev: Vec<Option<(usize, TokenId)>> = vec![None; n * n];
         let mut seen = vec![false; n * n];
@@ -273,7 +278,7 @@ pub fn generate<R: Rng + ?Sized>(p: &Params, rng: &mut R) -> Result<Task, EnvErr
             max_turns: p.max_turns,
             goal_view: p.goal_view,
         };
-        if task.shortest_path().is_some() {
+        if task.oracle_solves() {
             return Ok(task);
         }
     }

@@ -140,7 +140,9 @@ impl Grammar {
     fn alive_for(&self, partial: &[TokenId]) -> u64 {
         let mut alive = 0u64;
         for (i, t) in self.templates.iter().enumerate() {
-            if t.len() >= partial.len() && partial.iter().zip(t).all(|(tok, slot)| slot.contains(*tok)) {
+            if t.len() >= partial.len()
+                && partial.iter().zip(t).all(|(tok, slot)| slot.contains(*tok))
+            {
                 alive |= 1u64 << i;
             }
         }

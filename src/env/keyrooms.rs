@@ -35,9 +35,9 @@ use super::{Env, EnvError, Outcome, Split};
 /// The KeyRooms token table.
 pub const TOKENS: [&str; 36] = [
     SHARED[0], SHARED[1], SHARED[2], SHARED[3], SHARED[4], SHARED[5], SHARED[6], SHARED[7],
-    SHARED[8], SHARED[9], SHARED[10], "room", "exits", "see", "hold", "none", "go", "open",
-    "take", "put", "shut", "locked", "red", "blue", "green", "yellow", "box", "chest", "drawer",
-    "bag", "coin", "cup", "ball", "book", "pen", "key",
+    SHARED[8], SHARED[9], SHARED[10], "room", "exits", "see", "hold", "none", "go", "open", "take",
+    "put", "shut", "locked", "red", "blue", "green", "yellow", "box", "chest", "drawer", "bag",
+    "coin", "cup", "ball", "book", "pen", "key",
 ];
 /// The KeyRooms vocabulary.
 pub static VOCAB: Vocab = Vocab::new("keyrooms", &TOKENS);
@@ -89,8 +89,11 @@ pub fn grammar() -> &'static Grammar {
     static G: OnceLock<Grammar> = OnceLock::new();
     G.get_or_init(|| {
         let colours = TokenMask::of(&(0..COLOURS).map(|i| tok(COLOUR0, i)).collect::<Vec<_>>());
-        let conts =
-            TokenMask::of(&(0..CONTAINERS).map(|i| tok(CONTAINER0, i)).collect::<Vec<_>>());
+        let conts = TokenMask::of(
+            &(0..CONTAINERS)
+                .map(|i| tok(CONTAINER0, i))
+                .collect::<Vec<_>>(),
+        );
         let mut objs: Vec<TokenId> = (0..OBJECTS).map(|i| tok(OBJECT0, i)).collect();
         objs.push(KEY);
         let objs = TokenMask::of(&objs);
@@ -280,8 +283,8 @@ pub fn generate<R: Rng + ?Sized>(p: &Params, rng: &mut R) -> Result<Task, EnvErr
             let d = rng.random_range(0..p.rooms - 1);
             let room_of = |k: usize| container_room[k].unwrap_or(0);
             // The lock must matter: the goal object or container lies beyond it.
-            let beyond = object_at[goal_obj].is_some_and(|k| room_of(k) > d)
-                || room_of(goal_cont) > d;
+            let beyond =
+                object_at[goal_obj].is_some_and(|k| room_of(k) > d) || room_of(goal_cont) > d;
             let near: Vec<usize> = kinds.iter().copied().filter(|&k| room_of(k) <= d).collect();
             if !beyond || near.is_empty() {
                 continue;
@@ -364,7 +367,9 @@ impl KeyRooms {
 
     /// The room a `go` to colour token `c` leads to, if it is an adjacent room.
     fn target_room(&self, c: TokenId) -> Option<usize> {
-        let ci = c.checked_sub(COLOUR0).and_then(|i| usize::try_from(i).ok())?;
+        let ci = c
+            .checked_sub(COLOUR0)
+            .and_then(|i| usize::try_from(i).ok())?;
         let r = self.task.room_colour.iter().position(|&x| x == ci)?;
         (r.abs_diff(self.room) == 1).then_some(r)
     }
@@ -435,9 +440,9 @@ impl Env for KeyRooms {
 
     fn admissible(&self, action: &[TokenId]) -> bool {
         match *action {
-            [GO, c] => self.target_room(c).is_some_and(|r| {
-                !self.door_locked(self.room, r) || self.held() == Some(OBJECTS)
-            }),
+            [GO, c] => self
+                .target_room(c)
+                .is_some_and(|r| !self.door_locked(self.room, r) || self.held() == Some(OBJECTS)),
             [OPEN, k] => Self::container_index(k).is_some_and(|k| self.here(k) && !self.open[k]),
             [TAKE, t] => Self::object_index(t).is_some_and(|obj| {
                 self.held().is_none()
@@ -489,7 +494,9 @@ impl Env for KeyRooms {
                 _ => Outcome::Continue(NO),
             },
             [PUT, t, k] => match (Self::object_index(t), Self::container_index(k)) {
-                (Some(obj), Some(k)) if self.held() == Some(obj) && self.here(k) && self.open[k] => {
+                (Some(obj), Some(k))
+                    if self.held() == Some(obj) && self.here(k) && self.open[k] =>
+                {
                     self.place[obj] = Some(Place::In(k));
                     if (obj, k) == self.task.goal {
                         Outcome::Win

@@ -508,7 +508,7 @@ pub fn levels() -> Vec<NamedLevel> {
         },
         NamedLevel {
             name: "tinyshop-hard",
-            about: "TinyShop OOD level: 8 items, a size to select, 10 turns",
+            about: "TinyShop OOD level: 6 items, a size to select, 12 turns",
             level: Level::TinyShop(tinyshop::Params::hard()),
         },
     ]

@@ -30,10 +30,10 @@ use super::{Env, EnvError, Outcome, Split};
 /// The TinyShop token table.
 pub const TOKENS: [&str; 45] = [
     SHARED[0], SHARED[1], SHARED[2], SHARED[3], SHARED[4], SHARED[5], SHARED[6], SHARED[7],
-    SHARED[8], SHARED[9], SHARED[10], "page", "home", "results", "item", "search", "click",
-    "next", "back", "select", "buy", "size", "max", "sizes", "sel", "none", "more", "i1", "i2",
-    "i3", "shirt", "hat", "shoe", "bag", "red", "blue", "green", "black", "s", "m", "l", "p1",
-    "p2", "p3", "p4",
+    SHARED[8], SHARED[9], SHARED[10], "page", "home", "results", "item", "search", "click", "next",
+    "back", "select", "buy", "size", "max", "sizes", "sel", "none", "more", "i1", "i2", "i3",
+    "shirt", "hat", "shoe", "bag", "red", "blue", "green", "black", "s", "m", "l", "p1", "p2",
+    "p3", "p4",
 ];
 /// The TinyShop vocabulary.
 pub static VOCAB: Vocab = Vocab::new("tinyshop", &TOKENS);
@@ -96,6 +96,11 @@ fn tok(base: TokenId, i: usize) -> TokenId {
     base + u32::try_from(i).unwrap_or(0)
 }
 
+/// Whether the size bit set `sizes` holds size `z`.
+fn sells(sizes: u8, z: usize) -> bool {
+    z < 8 && sizes & (1u8 << z) != 0
+}
+
 fn index(t: TokenId, base: TokenId, n: usize) -> Option<usize> {
     t.checked_sub(base)
         .and_then(|i| usize::try_from(i).ok())
@@ -149,12 +154,13 @@ impl Params {
         }
     }
 
-    /// Hard (OOD) level: a size to select before buying (tuned to 1–3%).
+    /// Hard (OOD) level: a size to select before buying (tuned to 1–3%; the size step makes
+    /// it hard, so the catalogue is smaller than the training level's to stay in the band).
     pub fn hard() -> Self {
         Self {
-            items: 8,
+            items: 6,
             size_step: true,
-            max_turns: 10,
+            max_turns: 12,
         }
     }
 }
@@ -191,7 +197,7 @@ impl Goal {
         item.kind == self.kind
             && item.colour == self.colour
             && item.price <= self.max_price
-            && self.size.map_or(true, |z| item.sizes & (1 << z) != 0)
+            && self.size.map_or(true, |z| sells(item.sizes, z))
     }
 }
 
@@ -248,7 +254,7 @@ pub fn generate<R: Rng + ?Sized>(p: &Params, rng: &mut R) -> Result<Task, EnvErr
     let target_item = random_item(rng);
     let size = if p.size_step {
         let sold: Vec<usize> = (0..SIZE_COUNT)
-            .filter(|z| target_item.sizes & (1 << z) != 0)
+            .filter(|&z| sells(target_item.sizes, z))
             .collect();
         // `sizes` is in 1..8, so at least one size is sold.
         sold.get(rng.random_range(0..sold.len().max(1))).copied()
@@ -297,9 +303,14 @@ pub fn generate<R: Rng + ?Sized>(p: &Params, rng: &mut R) -> Result<Task, EnvErr
 enum Page {
     Home,
     /// Results of the last query, from rank `offset`.
-    Results { offset: usize },
+    Results {
+        offset: usize,
+    },
     /// Item page of catalogue item `item`, with the selected size.
-    Item { item: usize, sel: Option<usize> },
+    Item {
+        item: usize,
+        sel: Option<usize>,
+    },
 }
 
 /// A TinyShop episode state.
@@ -400,7 +411,7 @@ impl Env for TinyShop {
                 o.push(SIZES);
                 if let Some(it) = self.task.items.get(*item) {
                     for z in 0..SIZE_COUNT {
-                        if it.sizes & (1 << z) != 0 {
+                        if sells(it.sizes, z) {
                             o.push(tok(SIZE0, z));
                         }
                     }
@@ -418,13 +429,14 @@ impl Env for TinyShop {
         };
         match (verb, args, &self.page) {
             (SEARCH, words, _) => !words.is_empty(),
-            (CLICK, [slot], Page::Results { offset }) => index(*slot, SLOT0, PER_PAGE)
-                .is_some_and(|s| self.ranked().len() > offset + s),
+            (CLICK, [slot], Page::Results { offset }) => {
+                index(*slot, SLOT0, PER_PAGE).is_some_and(|s| self.ranked().len() > offset + s)
+            }
             (NEXT, [], Page::Results { offset }) => self.ranked().len() > offset + PER_PAGE,
             (BACK, [], Page::Item { .. } | Page::Results { .. }) => true,
             (SELECT, [z], Page::Item { item, .. }) => {
                 match (index(*z, SIZE0, SIZE_COUNT), self.task.items.get(*item)) {
-                    (Some(z), Some(it)) => it.sizes & (1 << z) != 0,
+                    (Some(z), Some(it)) => sells(it.sizes, z),
                     _ => false,
                 }
             }
@@ -482,7 +494,7 @@ impl Env for TinyShop {
             (SELECT, [z], Page::Item { item, .. }) => {
                 let item = *item;
                 match (index(*z, SIZE0, SIZE_COUNT), self.task.items.get(item)) {
-                    (Some(z), Some(it)) if it.sizes & (1 << z) != 0 => {
+                    (Some(z), Some(it)) if sells(it.sizes, z) => {
                         self.page = Page::Item { item, sel: Some(z) };
                         Outcome::Continue(OK)
                     }
