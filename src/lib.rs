@@ -12,9 +12,11 @@
 //! 2. [`cpu`] — the reference: every number the kernels must reproduce.
 //! 3. [`advantage`] — GRPO, Dr.GRPO, RLOO, GiGPO base advantages.
 //! 4. [`io`] — safetensors files for `aem head`.
+//! 5. [`env`] — multi-turn text environments (FogLake, KeyRooms, TinyShop) for the trainer.
 
 pub mod advantage;
 pub mod cpu;
+pub mod env;
 pub mod error;
 pub mod head;
 pub mod io;

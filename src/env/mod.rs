@@ -1,0 +1,651 @@
+//! Multi-turn text environments: FogLake, KeyRooms and TinyShop (see
+//! `shared/design/ENVIRONMENTS.md`).
+//!
+//! Read in this order: [`vocab`] (token tables), [`grammar`] (the response automaton and the
+//! validity mask), this module ([`Env`], [`Episode`], levels, the train/test split), then one
+//! env, e.g. [`foglake`].
+//!
+//! One turn: the policy reads [`Episode::prompt`] =
+//! `<bos> {goal} {history: did a ; a got f f}×k {observation}` and emits a response
+//! `a (; a){0,2} end`. The actions run in order until one ends the episode; each gives one
+//! feedback token. An unparseable response wastes the turn (feedback `bad`). Reward is 1 on
+//! success, 0 otherwise, and only at the end; the turn limit ends the episode with 0.
+//!
+//! Observations are canonical: the same state gives byte-identical tokens (and text, see
+//! [`Episode::observation_bytes`]), including state the agent could not otherwise see (e.g.
+//! what it holds), so GiGPO can group identical states across the rollouts of one task.
+//!
+//! Train/test split: tasks are partitioned by their instance, not only by seed. Every task has
+//! a [`Split`] fixed by its content (FogLake, TinyShop: canonical hash mod 5 == 0 is test;
+//! KeyRooms: the (object, container) goal pair is one of 4 held-out pairs out of 20).
+//! [`train_task`] only returns train instances; [`test_tasks`] draws from a separate seed stream,
+//! keeps test instances and drops duplicates by canonical hash. So the sets are disjoint.
+
+pub mod foglake;
+pub mod grammar;
+pub mod keyrooms;
+pub mod tinyshop;
+pub mod vocab;
+
+use std::collections::{HashSet, VecDeque};
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+pub use grammar::{Grammar, ParseError};
+pub use vocab::{TokenId, TokenMask, Vocab};
+
+use vocab::{BAD, BOS, DID, END, GOT, PAD, SEP, WIN};
+
+/// Errors of this module.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvError {
+    /// A word that is not in the vocabulary.
+    #[error("token {token:?} is not in the {vocab} vocabulary")]
+    UnknownToken { vocab: &'static str, token: String },
+    /// A level name that [`level`] does not know.
+    #[error("unknown level {0:?}")]
+    UnknownLevel(String),
+    /// Level parameters outside what the generator supports.
+    #[error("invalid parameters for {env}: {why}")]
+    BadParams { env: &'static str, why: String },
+    /// The generator found no instance after many tries.
+    #[error("no {split:?} task found for {env} after {tries} tries")]
+    NoTask {
+        env: &'static str,
+        split: Split,
+        tries: usize,
+    },
+}
+
+/// The result of one action inside a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The episode goes on; the feedback token for this action.
+    Continue(TokenId),
+    /// Solved: the episode ends with reward 1 (feedback `win`).
+    Win,
+    /// Failed for good (a hole, a wrong purchase): ends with reward 0; the feedback token.
+    Lose(TokenId),
+}
+
+/// One environment instance: the state of one task. [`Episode`] adds the shared parts
+/// (parsing responses, the turn limit, reward, history, prompts).
+pub trait Env: Send {
+    /// The env's token table.
+    fn vocab(&self) -> &'static Vocab;
+    /// The env's response grammar (state-independent).
+    fn grammar(&self) -> &'static Grammar;
+    /// Turn limit of this task.
+    fn max_turns(&self) -> usize;
+    /// The static goal, starting with `goal` (empty where the goal is part of the observation,
+    /// as FogLake's relative goal).
+    fn goal(&self) -> Vec<TokenId>;
+    /// The canonical observation of the current state.
+    fn observe(&self) -> Vec<TokenId>;
+    /// Runs one parsed action (a complete template of the grammar).
+    fn act(&mut self, action: &[TokenId]) -> Outcome;
+    /// Whether `act(action)` would do something here (not answered `no` or `locked`).
+    /// Decides the admissible mask; it must not depend on anything but the current state.
+    fn admissible(&self, action: &[TokenId]) -> bool;
+    /// A boxed copy of the current state (to simulate the earlier actions of a response).
+    fn box_clone(&self) -> Box<dyn Env>;
+}
+
+/// Which validity mask [`Episode::valid_next`] applies (record it in a run's config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MaskMode {
+    /// The action grammar only ([`Grammar::valid_next`]); state-independent, so it can be
+    /// recomputed from a response's tokens alone.
+    Grammar,
+    /// The grammar narrowed to admissible actions (the default; like ALFWorld's admissible
+    /// commands): each action of the response must be one [`Env::admissible`] accepts in the
+    /// state reached by the response's earlier actions, and nothing follows an action that ends
+    /// the episode. Within a turn this uses the simulated state, so after `open box ;` the mask
+    /// offers `take` only for what the box holds: an instruct LLM's "sensible next command"
+    /// prior, a little stronger. Store the mask per sampled token (a `u64`) for the loss.
+    #[default]
+    Admissible,
+}
+
+/// How prompts are built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PromptConfig {
+    /// Past turns shown (k, 0..=2 in the design; larger values work).
+    pub history: usize,
+    /// The validity mask used by [`Episode::valid_next`].
+    pub mask: MaskMode,
+}
+
+impl Default for PromptConfig {
+    fn default() -> Self {
+        Self {
+            history: 0,
+            mask: MaskMode::Admissible,
+        }
+    }
+}
+
+/// What one turn did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepResult {
+    /// One token per executed action, or `[bad]` if the response did not parse; empty if the
+    /// episode had already ended.
+    pub feedback: Vec<TokenId>,
+    /// 1 on the turn that solved the task, else 0.
+    pub reward: f32,
+    /// Whether the episode is over (solved, failed, or out of turns).
+    pub done: bool,
+    /// Whether the response parsed.
+    pub parsed: bool,
+    /// Actions executed (those after a terminal one are skipped).
+    pub actions_run: usize,
+}
+
+/// Where an episode stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Turns remain.
+    Running,
+    /// Solved.
+    Won,
+    /// Failed or out of turns.
+    Lost,
+}
+
+/// One episode: an [`Env`] plus turn counting, reward and the prompt history.
+pub struct Episode {
+    env: Box<dyn Env>,
+    cfg: PromptConfig,
+    /// Last `cfg.history` turns, each `did a ; a got f f`.
+    history: VecDeque<Vec<TokenId>>,
+    turn: usize,
+    status: Status,
+}
+
+impl Episode {
+    /// A fresh episode of `task`.
+    pub fn new(task: &Task, cfg: PromptConfig) -> Self {
+        Self::from_env(task.env(), cfg)
+    }
+
+    /// A fresh episode around an env in its initial state.
+    pub fn from_env(env: Box<dyn Env>, cfg: PromptConfig) -> Self {
+        Self {
+            env,
+            cfg,
+            history: VecDeque::new(),
+            turn: 0,
+            status: Status::Running,
+        }
+    }
+
+    /// The env's token table.
+    pub fn vocab(&self) -> &'static Vocab {
+        self.env.vocab()
+    }
+
+    /// The env's response grammar.
+    pub fn grammar(&self) -> &'static Grammar {
+        self.env.grammar()
+    }
+
+    /// Turns taken so far.
+    pub fn turn(&self) -> usize {
+        self.turn
+    }
+
+    /// Turn limit.
+    pub fn max_turns(&self) -> usize {
+        self.env.max_turns()
+    }
+
+    /// Running, won or lost.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    /// Whether the episode is over.
+    pub fn done(&self) -> bool {
+        self.status != Status::Running
+    }
+
+    /// Final reward so far: 1 if solved, else 0.
+    pub fn reward(&self) -> f32 {
+        if self.status == Status::Won {
+            1.0
+        } else {
+            0.0
+        }
+    }
+
+    /// The canonical observation tokens of the current state.
+    pub fn observation(&self) -> Vec<TokenId> {
+        self.env.observe()
+    }
+
+    /// The canonical observation as text (tokens joined by one space).
+    pub fn observation_text(&self) -> String {
+        self.vocab().decode(&self.env.observe())
+    }
+
+    /// The canonical observation as bytes (UTF-8 of [`Self::observation_text`]); equal states
+    /// give equal bytes. Use these (or their hash) as GiGPO anchor keys within a task's group.
+    pub fn observation_bytes(&self) -> Vec<u8> {
+        self.observation_text().into_bytes()
+    }
+
+    /// The prompt for the next turn: `<bos> goal history observation`.
+    pub fn prompt(&self) -> Vec<TokenId> {
+        let mut p = vec![BOS];
+        p.extend(self.env.goal());
+        for h in &self.history {
+            p.extend_from_slice(h);
+        }
+        p.extend(self.env.observe());
+        p
+    }
+
+    /// The prompt as text.
+    pub fn prompt_text(&self) -> String {
+        self.vocab().decode(&self.prompt())
+    }
+
+    /// Tokens allowed after the response prefix `prefix` under the configured [`MaskMode`].
+    /// Empty once `end` was read or if `prefix` is ungrammatical. Never empty otherwise: if no
+    /// action is admissible it falls back to the grammar mask.
+    pub fn valid_next(&self, prefix: &[TokenId]) -> TokenMask {
+        let g = self.grammar();
+        let gm = g.valid_next(prefix);
+        if self.cfg.mask == MaskMode::Grammar || gm.is_empty() {
+            return gm;
+        }
+        let mut parts = prefix.split(|&t| t == SEP);
+        let Some(partial) = parts.next_back() else {
+            return gm;
+        };
+        let mut sim = self.env.box_clone();
+        for a in parts {
+            if !matches!(sim.act(a), Outcome::Continue(_)) {
+                return gm; // unreachable: `;` is never offered after a terminal action
+            }
+        }
+        let mut m = TokenMask::EMPTY;
+        for t in gm.iter() {
+            if t == END {
+                m.insert(END);
+            } else if t == SEP {
+                let mut after = sim.box_clone();
+                if matches!(after.act(partial), Outcome::Continue(_)) {
+                    m.insert(SEP);
+                }
+            } else {
+                let mut cand = partial.to_vec();
+                cand.push(t);
+                if completable(sim.as_ref(), g, &mut cand) {
+                    m.insert(t);
+                }
+            }
+        }
+        if m.is_empty() {
+            gm
+        } else {
+            m
+        }
+    }
+
+    /// One response of the uniformly random valid policy under this episode's mask.
+    pub fn sample_uniform<R: rand::Rng + ?Sized>(&self, rng: &mut R) -> Vec<TokenId> {
+        grammar::sample_uniform_with(
+            self.grammar().max_response_len(),
+            |p| self.valid_next(p),
+            rng,
+        )
+    }
+
+    /// Runs one turn with the policy's `response` tokens. Never panics; after the end it
+    /// returns `done` with empty feedback and changes nothing.
+    pub fn step(&mut self, response: &[TokenId]) -> StepResult {
+        if self.done() {
+            return StepResult {
+                feedback: Vec::new(),
+                reward: 0.0,
+                done: true,
+                parsed: false,
+                actions_run: 0,
+            };
+        }
+        self.turn += 1;
+        let mut feedback = Vec::new();
+        let mut entry = vec![DID];
+        let parsed = match self.grammar().parse(response) {
+            Ok(actions) => {
+                let body = response
+                    .iter()
+                    .copied()
+                    .filter(|&t| t != PAD)
+                    .take_while(|&t| t != END);
+                entry.extend(body);
+                for a in &actions {
+                    match self.env.act(a) {
+                        Outcome::Continue(f) => feedback.push(f),
+                        Outcome::Win => {
+                            feedback.push(WIN);
+                            self.status = Status::Won;
+                            break;
+                        }
+                        Outcome::Lose(f) => {
+                            feedback.push(f);
+                            self.status = Status::Lost;
+                            break;
+                        }
+                    }
+                }
+                true
+            }
+            Err(_) => {
+                feedback.push(BAD);
+                false
+            }
+        };
+        if self.status == Status::Running && self.turn >= self.env.max_turns() {
+            self.status = Status::Lost;
+        }
+        entry.push(GOT);
+        entry.extend_from_slice(&feedback);
+        if self.cfg.history > 0 {
+            self.history.push_back(entry);
+            while self.history.len() > self.cfg.history {
+                self.history.pop_front();
+            }
+        }
+        StepResult {
+            actions_run: if parsed { feedback.len() } else { 0 },
+            feedback,
+            reward: self.reward(),
+            done: self.done(),
+            parsed,
+        }
+    }
+}
+
+/// Whether the action prefix `cand` extends to an admissible complete action.
+fn completable(env: &dyn Env, g: &Grammar, cand: &mut Vec<TokenId>) -> bool {
+    if g.is_action(cand) && env.admissible(cand) {
+        return true;
+    }
+    for t in g.action_next(cand).iter() {
+        cand.push(t);
+        let ok = completable(env, g, cand);
+        cand.pop();
+        if ok {
+            return true;
+        }
+    }
+    false
+}
+
+/// Which side of the split an instance belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Split {
+    /// Used for training.
+    Train,
+    /// Held out for evaluation.
+    Test,
+}
+
+/// Parameters of a level, per env.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Level {
+    /// A FogLake level.
+    FogLake(foglake::Params),
+    /// A KeyRooms level.
+    KeyRooms(keyrooms::Params),
+    /// A TinyShop level.
+    TinyShop(tinyshop::Params),
+}
+
+/// One task instance (generated from a level and a seed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Task {
+    /// A FogLake map.
+    FogLake(foglake::Task),
+    /// A KeyRooms world.
+    KeyRooms(keyrooms::Task),
+    /// A TinyShop catalogue.
+    TinyShop(tinyshop::Task),
+}
+
+/// 64-bit FNV-1a: a stable hash (unlike `std`'s, fixed across Rust versions).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+impl Task {
+    /// A canonical text of the whole instance (equal instances give equal text).
+    pub fn canonical(&self) -> String {
+        match self {
+            Task::FogLake(t) => t.canonical(),
+            Task::KeyRooms(t) => t.canonical(),
+            Task::TinyShop(t) => t.canonical(),
+        }
+    }
+
+    /// FNV-1a of [`Self::canonical`].
+    pub fn hash(&self) -> u64 {
+        fnv1a(self.canonical().as_bytes())
+    }
+
+    /// The split this instance belongs to (see the module docs).
+    pub fn split(&self) -> Split {
+        match self {
+            Task::KeyRooms(t) => t.split(),
+            _ => {
+                if self.hash() % 5 == 0 {
+                    Split::Test
+                } else {
+                    Split::Train
+                }
+            }
+        }
+    }
+
+    /// A fresh env in the task's initial state.
+    pub fn env(&self) -> Box<dyn Env> {
+        match self {
+            Task::FogLake(t) => Box::new(foglake::FogLake::new(t.clone())),
+            Task::KeyRooms(t) => Box::new(keyrooms::KeyRooms::new(t.clone())),
+            Task::TinyShop(t) => Box::new(tinyshop::TinyShop::new(t.clone())),
+        }
+    }
+}
+
+/// A level with its name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedLevel {
+    /// Name used in configs, e.g. `foglake-proto`.
+    pub name: &'static str,
+    /// What it is for.
+    pub about: &'static str,
+    /// Its parameters.
+    pub level: Level,
+}
+
+/// All named levels. Rates: uniformly random valid policy under the admissible mask (see
+/// [`grammar`]), 8000 training tasks, as measured by `tests/env_rates.rs`.
+pub fn levels() -> Vec<NamedLevel> {
+    vec![
+        NamedLevel {
+            name: "foglake-proto",
+            about: "the FogLake configuration that learned in the prototype (training level): \
+                    5x5, holes p=0.2, start-goal distance 3-4, 5 turns, relative goal + 3x3 view; \
+                    random valid 6.4%, full-map oracle 100%",
+            level: Level::FogLake(foglake::Params::proto()),
+        },
+        NamedLevel {
+            name: "foglake-hard",
+            about: "FogLake OOD level: 7x7, distance 4-6, 6 turns, goal offset hidden until seen; \
+                    random valid 1.7%, full-map oracle 100%",
+            level: Level::FogLake(foglake::Params::hard()),
+        },
+        NamedLevel {
+            name: "keyrooms-train",
+            about: "KeyRooms training level: 2 rooms, 3 containers, 2 objects, 6 turns; random valid 9.1%",
+            level: Level::KeyRooms(keyrooms::Params::train()),
+        },
+        NamedLevel {
+            name: "keyrooms-hard",
+            about: "KeyRooms OOD level: 3 rooms, 4 containers, 3 objects, a locked door, 8 turns; \
+                    random valid 1.5%",
+            level: Level::KeyRooms(keyrooms::Params::hard()),
+        },
+        NamedLevel {
+            name: "tinyshop-train",
+            about: "TinyShop training level: 8 items, no size step, 10 turns; random valid 8.1%",
+            level: Level::TinyShop(tinyshop::Params::train()),
+        },
+        NamedLevel {
+            name: "tinyshop-hard",
+            about: "TinyShop OOD level: 6 items, a size to select, 12 turns; random valid 1.6%",
+            level: Level::TinyShop(tinyshop::Params::hard()),
+        },
+    ]
+}
+
+/// A named level by name (`foglake-train` is an alias of `foglake-proto`).
+pub fn level(name: &str) -> Result<Level, EnvError> {
+    let name = if name == "foglake-train" {
+        "foglake-proto"
+    } else {
+        name
+    };
+    levels()
+        .into_iter()
+        .find(|l| l.name == name)
+        .map(|l| l.level)
+        .ok_or_else(|| EnvError::UnknownLevel(name.to_string()))
+}
+
+impl Level {
+    /// The env's name.
+    pub fn env_name(&self) -> &'static str {
+        match self {
+            Level::FogLake(_) => "foglake",
+            Level::KeyRooms(_) => "keyrooms",
+            Level::TinyShop(_) => "tinyshop",
+        }
+    }
+
+    /// The env's token table.
+    pub fn vocab(&self) -> &'static Vocab {
+        match self {
+            Level::FogLake(_) => &foglake::VOCAB,
+            Level::KeyRooms(_) => &keyrooms::VOCAB,
+            Level::TinyShop(_) => &tinyshop::VOCAB,
+        }
+    }
+
+    /// The env's response grammar.
+    pub fn grammar(&self) -> &'static Grammar {
+        match self {
+            Level::FogLake(_) => foglake::grammar(),
+            Level::KeyRooms(_) => keyrooms::grammar(),
+            Level::TinyShop(_) => tinyshop::grammar(),
+        }
+    }
+
+    /// The instance for `seed`, of either split (deterministic).
+    pub fn generate(&self, seed: u64) -> Result<Task, EnvError> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        Ok(match self {
+            Level::FogLake(p) => Task::FogLake(foglake::generate(p, &mut rng)?),
+            Level::KeyRooms(p) => Task::KeyRooms(keyrooms::generate(p, &mut rng)?),
+            Level::TinyShop(p) => Task::TinyShop(tinyshop::generate(p, &mut rng)?),
+        })
+    }
+}
+
+/// Mixes a seed stream id and an index into one seed (splitmix64 finaliser).
+fn mix(stream: u64, i: u64) -> u64 {
+    let mut z = stream
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .wrapping_add(i)
+        .wrapping_add(0x6a09_e667_f3bc_c909);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+const TRAIN_STREAM: u64 = 0x7261_696e; // "rain"
+const TEST_STREAM: u64 = 0x7465_7374; // "test"
+const MAX_TRIES: usize = 1000;
+
+/// The training task for `seed`: deterministic, always of the train split.
+pub fn train_task(level: &Level, seed: u64) -> Result<Task, EnvError> {
+    for i in 0..MAX_TRIES {
+        let t = level.generate(mix(TRAIN_STREAM ^ seed.rotate_left(17), i as u64))?;
+        if t.split() == Split::Train {
+            return Ok(t);
+        }
+    }
+    Err(EnvError::NoTask {
+        env: level.env_name(),
+        split: Split::Train,
+        tries: MAX_TRIES,
+    })
+}
+
+/// The first `n` distinct test tasks of a level (deterministic; distinct by canonical hash;
+/// all of the test split, so disjoint from every [`train_task`]).
+pub fn test_tasks(level: &Level, n: usize) -> Result<Vec<Task>, EnvError> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(n);
+    let budget = MAX_TRIES.saturating_add(n.saturating_mul(100));
+    for i in 0..budget {
+        if out.len() == n {
+            break;
+        }
+        let t = level.generate(mix(TEST_STREAM, i as u64))?;
+        if t.split() == Split::Test && seen.insert(t.hash()) {
+            out.push(t);
+        }
+    }
+    if out.len() < n {
+        return Err(EnvError::NoTask {
+            env: level.env_name(),
+            split: Split::Test,
+            tries: budget,
+        });
+    }
+    Ok(out)
+}
+
+/// Success rate of the uniformly random valid policy (see [`grammar`]) under `mask` over `episodes`
+/// training tasks (task seeds `0..episodes`, policy seeded by `seed`).
+pub fn random_valid_success(
+    level: &Level,
+    mask: MaskMode,
+    episodes: usize,
+    seed: u64,
+) -> Result<f64, EnvError> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut wins = 0usize;
+    let cfg = PromptConfig { history: 0, mask };
+    for i in 0..episodes {
+        let task = train_task(level, i as u64)?;
+        let mut ep = Episode::new(&task, cfg);
+        while !ep.done() {
+            let r = ep.sample_uniform(&mut rng);
+            ep.step(&r);
+        }
+        if ep.status() == Status::Won {
+            wins += 1;
+        }
+    }
+    Ok(wins as f64 / episodes.max(1) as f64)
+}
