@@ -16,6 +16,7 @@
 
 pub mod advantage;
 pub mod cpu;
+pub mod device;
 pub mod env;
 pub mod error;
 pub mod head;

@@ -61,7 +61,12 @@ fn demo_input(a: DemoArgs) -> aem::Result<()> {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum BackendArg {
+    /// The CPU reference (f64).
     Cpu,
+    /// The CUDA kernels on the CPU emulator.
+    Emu,
+    /// The CUDA kernels on GPU 0.
+    Cuda,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -140,6 +145,8 @@ fn head(a: HeadArgs) -> aem::Result<()> {
     };
     let backend = match a.backend {
         BackendArg::Cpu => Backend::Cpu,
+        BackendArg::Emu => Backend::Emu,
+        BackendArg::Cuda => Backend::Cuda,
     };
     let dtype = match a.grad_dtype {
         DtypeArg::F16 => GradDtype::F16,

@@ -29,6 +29,10 @@ pub enum Backend {
     /// The CPU reference (f64 accumulation).
     #[default]
     Cpu,
+    /// The CUDA kernels on the CPU emulator.
+    Emu,
+    /// The CUDA kernels on GPU 0.
+    Cuda,
 }
 
 /// The tensors of one head computation, owned (what a file holds).
@@ -169,7 +173,14 @@ pub fn compute(
     backend: Backend,
 ) -> Result<HeadResult> {
     let inp = data.inputs();
+    let plan = super::launch::Plan::default();
     match backend {
+        Backend::Emu => {
+            super::launch::loss_head(&crate::device::Device::emu()?, &inp, cfg, dtype, &plan)
+        }
+        Backend::Cuda => {
+            super::launch::loss_head(&crate::device::Device::cuda(0)?, &inp, cfg, dtype, &plan)
+        }
         Backend::Cpu => {
             let (fwd, loss, dlogits) = match dtype {
                 GradDtype::F16 => {

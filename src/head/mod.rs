@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use half::f16;
 
 pub mod file;
+pub mod launch;
 
 /// How per-token losses are weighted into the scalar loss (AEM.md §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
