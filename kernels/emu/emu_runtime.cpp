@@ -228,6 +228,9 @@ struct Worker {
 
   ~Worker() {
     for (Fiber* f : fibers) {
+#ifdef AEM_EMU_ASAN
+      __asan_unpoison_memory_region(f->stack, f->stack_size);  // leave no stale shadow behind
+#endif
       munmap(f->stack - page(), f->stack_size + page());
       delete f;
     }
@@ -243,6 +246,10 @@ struct Worker {
                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (m == MAP_FAILED) return nullptr;
     mprotect(m, pg, PROT_NONE);
+#ifdef AEM_EMU_ASAN
+    // The range may have been a dead thread's stack whose shadow still holds stale redzones.
+    __asan_unpoison_memory_region(m + pg, stack_size);
+#endif
     Fiber* f = new Fiber();
     f->stack = m + pg;
     f->stack_size = stack_size;
