@@ -1,1 +1,2 @@
 //! aem: the AEM loss head (placeholder while the crate is being laid out).
+pub mod model;

@@ -1,0 +1,660 @@
+//! The op list of the model, CPU reference: one function per op, forward and backward.
+//!
+//! Every op reads storage elements ([`Elem`]) and computes in `f32`. Rows (tokens) or sequences
+//! are split across rayon; every reduction runs in a fixed order, so results are deterministic
+//! for a given thread count. Matrix products go through `matrixmultiply::sgemm` on `f32`
+//! (inputs are widened from `E` once per call).
+//!
+//! Shapes: `N = B·T` rows; `C`, `NH`, `hs = C/NH`, `V`, `maxT` as in the module docs.
+
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+
+use super::{Elem, ModelError, Result};
+
+/// LayerNorm epsilon (GPT-2).
+pub const LN_EPS: f32 = 1e-5;
+/// sqrt(2/π), the tanh-GELU constant.
+const GELU_SCALE: f32 = 0.797_884_6;
+
+/// The ops a backend provides (each has a forward and a backward).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `encoder_*`: token + position embedding.
+    Encoder,
+    /// `layernorm_*`
+    LayerNorm,
+    /// `matmul_*`: `x · W + b` with `W: (in, out)`.
+    Matmul,
+    /// `attention_*`: causal multi-head softmax attention (also `attention_decode`).
+    Attention,
+    /// `gelu_*`: tanh-GELU.
+    Gelu,
+    /// `residual_*`: residual add (its backward is a pass-through folded into the others).
+    Residual,
+    /// `logits_*`: `x · wteᵀ` (tied output embedding).
+    Logits,
+    /// AdamW update (outside the model's forward/backward, timed by the optimizer's caller).
+    AdamW,
+}
+
+impl Op {
+    /// All ops, in profile order.
+    pub const ALL: [Op; 8] = [
+        Op::Encoder,
+        Op::LayerNorm,
+        Op::Matmul,
+        Op::Attention,
+        Op::Gelu,
+        Op::Residual,
+        Op::Logits,
+        Op::AdamW,
+    ];
+}
+
+/// Direction of an op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Forward.
+    Forward = 0,
+    /// Backward.
+    Backward = 1,
+}
+
+/// Wall time spent per op and pass.
+#[derive(Debug, Clone, Default)]
+pub struct Profile {
+    /// `time[op as usize][pass as usize]`
+    pub time: [[Duration; 2]; 8],
+}
+
+impl Profile {
+    /// Adds the time since `t0` to `(op, pass)`.
+    pub fn add(&mut self, op: Op, pass: Pass, t0: Instant) {
+        self.time[op as usize][pass as usize] += t0.elapsed();
+    }
+
+    /// Total time recorded.
+    pub fn total(&self) -> Duration {
+        self.time.iter().flatten().sum()
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// matrix products
+
+/// Checks that a strided (rows, cols) matrix fits in a buffer of `len` elements.
+fn check_strided(
+    op: &'static str,
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+    len: usize,
+) -> Result<()> {
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let last = (rows - 1)
+        .checked_mul(rs)
+        .and_then(|r| r.checked_add((cols - 1).checked_mul(cs)?))
+        .ok_or(ModelError::Overflow { what: op })?;
+    if last >= len {
+        return Err(ModelError::Shape {
+            op,
+            expected: last + 1,
+            got: len,
+        });
+    }
+    Ok(())
+}
+
+/// A strided, read-only `f32` matrix operand: `(row stride, column stride)` in elements.
+#[derive(Clone, Copy)]
+pub struct Mat<'a> {
+    /// Backing buffer.
+    pub data: &'a [f32],
+    /// Row stride.
+    pub rs: usize,
+    /// Column stride.
+    pub cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// Row-major matrix with `cols` columns.
+    pub fn rows(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            rs: cols,
+            cs: 1,
+        }
+    }
+    /// The transpose of a row-major matrix with `cols` columns.
+    pub fn trans(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            rs: 1,
+            cs: cols,
+        }
+    }
+}
+
+/// out (m, n) = beta·out + a (m, k) · b (k, n) on the calling thread; `out` is row-major.
+fn gemm_seq(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: Mat,
+    b: Mat,
+    beta: f32,
+    out: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "gemm";
+    check_strided(OP, m, k, a.rs, a.cs, a.data.len())?;
+    check_strided(OP, k, n, b.rs, b.cs, b.data.len())?;
+    let need = m.checked_mul(n).ok_or(ModelError::Overflow { what: OP })?;
+    if out.len() < need {
+        return Err(ModelError::Shape {
+            op: OP,
+            expected: need,
+            got: out.len(),
+        });
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        out[..need].iter_mut().for_each(|o| *o *= beta);
+        return Ok(());
+    }
+    let isz = |x: usize| isize::try_from(x).map_err(|_| ModelError::Overflow { what: OP });
+    let (rsa, csa, rsb, csb, rsc) = (isz(a.rs)?, isz(a.cs)?, isz(b.rs)?, isz(b.cs)?, isz(n)?);
+    // SAFETY: check_strided proved every element a[i·rsa + p·csa] (i < m, p < k) and
+    // b[p·rsb + j·csb] (p < k, j < n) lies inside `a.data` / `b.data`, and `out` holds m·n
+    // elements at row stride n, column stride 1; `out` is a unique borrow so C aliases nothing.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.data.as_ptr(),
+            rsa,
+            csa,
+            b.data.as_ptr(),
+            rsb,
+            csb,
+            beta,
+            out.as_mut_ptr(),
+            rsc,
+            1,
+        );
+    }
+    Ok(())
+}
+
+/// Rows per parallel chunk for `m` rows: a few chunks per thread, at least 16 rows each.
+fn rows_per_chunk(m: usize) -> usize {
+    let chunks = 4 * rayon::current_num_threads().max(1);
+    m.div_ceil(chunks).max(16)
+}
+
+/// out (m, n) = beta·out + a (m, k) · b (k, n), rows of `out` split across rayon.
+pub fn gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: Mat,
+    b: Mat,
+    beta: f32,
+    out: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "gemm";
+    check_strided(OP, m, k, a.rs, a.cs, a.data.len())?;
+    let need = m.checked_mul(n).ok_or(ModelError::Overflow { what: OP })?;
+    if out.len() < need {
+        return Err(ModelError::Shape {
+            op: OP,
+            expected: need,
+            got: out.len(),
+        });
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let rows = rows_per_chunk(m);
+    out[..need]
+        .par_chunks_mut(rows * n)
+        .enumerate()
+        .try_for_each(|(i, oc)| {
+            let r0 = i * rows;
+            let mr = oc.len() / n;
+            let a_sub = Mat {
+                data: &a.data[r0 * a.rs..],
+                rs: a.rs,
+                cs: a.cs,
+            };
+            gemm_seq(mr, k, n, a_sub, b, beta, oc)
+        })
+}
+
+/// Widens a storage slice to a new `f32` vector.
+pub fn widen<E: Elem>(x: &[E]) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    E::widen(x, &mut out);
+    out
+}
+
+/// out (N, M) = inp (N, K) · w (K, M) + bias (M).
+pub fn matmul_forward<E: Elem>(
+    out: &mut [E],
+    inp: &[E],
+    w: &[E],
+    bias: Option<&[E]>,
+    (n, k, m): (usize, usize, usize),
+) -> Result<()> {
+    let wf = widen(w);
+    let bf = bias.map(widen);
+    if out.len() < n * m || inp.len() < n * k || wf.len() < k * m {
+        return Err(ModelError::Shape {
+            op: "matmul_forward",
+            expected: n * m,
+            got: out.len(),
+        });
+    }
+    let rows = rows_per_chunk(n);
+    out[..n * m]
+        .par_chunks_mut(rows * m)
+        .zip(inp[..n * k].par_chunks(rows * k))
+        .try_for_each(|(oc, ic)| {
+            let mr = oc.len() / m;
+            let a = widen(ic);
+            let mut o = vec![0.0f32; mr * m];
+            if let Some(bf) = &bf {
+                o.chunks_mut(m)
+                    .for_each(|row| row.copy_from_slice(&bf[..m]));
+            }
+            gemm_seq(mr, k, m, Mat::rows(&a, k), Mat::rows(&wf, m), 1.0, &mut o)?;
+            E::narrow(&o, oc);
+            Ok(())
+        })
+}
+
+/// dinp (N, K) = dout · wᵀ (overwritten); dw (K, M) += inpᵀ · dout; dbias (M) += Σ_rows dout.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_backward<E: Elem>(
+    dinp: &mut [f32],
+    dw: &mut [f32],
+    dbias: Option<&mut [f32]>,
+    dout: &[f32],
+    inp: &[E],
+    w: &[E],
+    (n, k, m): (usize, usize, usize),
+) -> Result<()> {
+    let wf = widen(w);
+    gemm(n, m, k, Mat::rows(dout, m), Mat::trans(&wf, m), 0.0, dinp)?;
+    let inpf = widen(inp);
+    gemm(k, n, m, Mat::trans(&inpf, k), Mat::rows(dout, m), 1.0, dw)?;
+    if let Some(db) = dbias {
+        for row in dout.chunks_exact(m).take(n) {
+            db.iter_mut().zip(row).for_each(|(d, g)| *d += g);
+        }
+    }
+    Ok(())
+}
+
+/// logits (N, V) f32 = inp (N, C) · wteᵀ.
+pub fn logits_forward<E: Elem>(
+    logits: &mut [f32],
+    inp: &[E],
+    wte: &[E],
+    (n, c, v): (usize, usize, usize),
+) -> Result<()> {
+    let wf = widen(wte);
+    let xf = widen(inp);
+    gemm(n, c, v, Mat::rows(&xf, c), Mat::trans(&wf, c), 0.0, logits)
+}
+
+/// dinp (N, C) = dlogits · wte (overwritten); dwte (V, C) += dlogitsᵀ · inp.
+pub fn logits_backward<E: Elem>(
+    dinp: &mut [f32],
+    dwte: &mut [f32],
+    dlogits: &[f32],
+    inp: &[E],
+    wte: &[E],
+    (n, c, v): (usize, usize, usize),
+) -> Result<()> {
+    let wf = widen(wte);
+    gemm(n, v, c, Mat::rows(dlogits, v), Mat::rows(&wf, c), 0.0, dinp)?;
+    let xf = widen(inp);
+    gemm(
+        v,
+        n,
+        c,
+        Mat::trans(dlogits, v),
+        Mat::rows(&xf, c),
+        1.0,
+        dwte,
+    )
+}
+
+// ----------------------------------------------------------------------------------------------
+// elementwise and row ops
+
+/// out (N, C) = wte[tokens] + wpe[pos0 + i mod T]; tokens (N) already checked `< V`.
+pub fn encoder_forward<E: Elem>(
+    out: &mut [E],
+    tokens: &[u32],
+    wte: &[E],
+    wpe: &[E],
+    t: usize,
+    pos0: usize,
+    c: usize,
+) {
+    out.par_chunks_mut(c)
+        .zip(tokens.par_iter())
+        .enumerate()
+        .for_each(|(i, (o, &tok))| {
+            let tok = tok as usize; // u32 → usize is lossless on the 32/64-bit targets we build for
+            let pos = pos0 + i % t;
+            let we = &wte[tok * c..(tok + 1) * c];
+            let pe = &wpe[pos * c..(pos + 1) * c];
+            for ((o, a), b) in o.iter_mut().zip(we).zip(pe) {
+                *o = E::from_f32(a.to_f32() + b.to_f32());
+            }
+        });
+}
+
+/// dwte (V, C) += scatter(dout); dwpe (maxT, C) += dout summed over B.
+pub fn encoder_backward(
+    dwte: &mut [f32],
+    dwpe: &mut [f32],
+    dout: &[f32],
+    tokens: &[u32],
+    t: usize,
+    c: usize,
+) {
+    for (i, (d, &tok)) in dout.chunks_exact(c).zip(tokens).enumerate() {
+        let tok = tok as usize;
+        let pos = i % t;
+        dwte[tok * c..(tok + 1) * c]
+            .iter_mut()
+            .zip(d)
+            .for_each(|(w, g)| *w += g);
+        dwpe[pos * c..(pos + 1) * c]
+            .iter_mut()
+            .zip(d)
+            .for_each(|(w, g)| *w += g);
+    }
+}
+
+/// out (N, C) = (inp − mean) · rstd · w + b; saves mean (N) and rstd (N).
+pub fn layernorm_forward<E: Elem>(
+    out: &mut [E],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+    inp: &[E],
+    w: &[E],
+    b: &[E],
+    c: usize,
+) {
+    let (wf, bf) = (widen(w), widen(b));
+    out.par_chunks_mut(c)
+        .zip(inp.par_chunks(c))
+        .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
+        .for_each(|((o, x), (mu, rs))| {
+            let mut xf = vec![0.0f32; c];
+            E::widen(x, &mut xf);
+            let m = xf.iter().sum::<f32>() / c as f32;
+            let var = xf.iter().map(|v| (v - m) * (v - m)).sum::<f32>() / c as f32;
+            let s = 1.0 / (var + LN_EPS).sqrt();
+            for (((o, &x), &w), &b) in o.iter_mut().zip(&xf).zip(&wf).zip(&bf) {
+                *o = E::from_f32((x - m) * s * w + b);
+            }
+            *mu = m;
+            *rs = s;
+        });
+}
+
+/// dinp (N, C) += layernorm backward; dw (C) += Σ norm·dout; db (C) += Σ dout.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward<E: Elem>(
+    dinp: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    dout: &[f32],
+    inp: &[E],
+    w: &[E],
+    mean: &[f32],
+    rstd: &[f32],
+    c: usize,
+) {
+    let wf = widen(w);
+    dinp.par_chunks_mut(c)
+        .zip(dout.par_chunks(c))
+        .zip(inp.par_chunks(c))
+        .zip(mean.par_iter().zip(rstd.par_iter()))
+        .for_each(|(((di, g), x), (&mu, &rs))| {
+            let (mut dmean, mut dnmean) = (0.0f32, 0.0f32);
+            for ((&g, &x), &w) in g.iter().zip(x).zip(&wf) {
+                let norm = (x.to_f32() - mu) * rs;
+                let dnorm = w * g;
+                dmean += dnorm;
+                dnmean += dnorm * norm;
+            }
+            dmean /= c as f32;
+            dnmean /= c as f32;
+            for (((d, &g), &x), &w) in di.iter_mut().zip(g).zip(x).zip(&wf) {
+                let norm = (x.to_f32() - mu) * rs;
+                *d += (w * g - dmean - norm * dnmean) * rs;
+            }
+        });
+    for ((g, x), (&mu, &rs)) in dout
+        .chunks_exact(c)
+        .zip(inp.chunks_exact(c))
+        .zip(mean.iter().zip(rstd))
+    {
+        for (((dw, db), &g), &x) in dw.iter_mut().zip(db.iter_mut()).zip(g).zip(x) {
+            *dw += (x.to_f32() - mu) * rs * g;
+            *db += g;
+        }
+    }
+}
+
+/// out = a + b (elementwise).
+pub fn residual_forward<E: Elem>(out: &mut [E], a: &[E], b: &[E]) {
+    out.par_chunks_mut(4096)
+        .zip(a.par_chunks(4096))
+        .zip(b.par_chunks(4096))
+        .for_each(|((o, a), b)| {
+            for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
+                *o = E::from_f32(a.to_f32() + b.to_f32());
+            }
+        });
+}
+
+/// tanh-GELU of one value.
+#[inline]
+fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + (GELU_SCALE * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// out = gelu(inp) (elementwise).
+pub fn gelu_forward<E: Elem>(out: &mut [E], inp: &[E]) {
+    out.par_chunks_mut(4096)
+        .zip(inp.par_chunks(4096))
+        .for_each(|(o, x)| {
+            for (o, x) in o.iter_mut().zip(x) {
+                *o = E::from_f32(gelu(x.to_f32()));
+            }
+        });
+}
+
+/// dinp = gelu'(inp) · dout (overwritten).
+pub fn gelu_backward<E: Elem>(dinp: &mut [f32], inp: &[E], dout: &[f32]) {
+    dinp.par_chunks_mut(4096)
+        .zip(inp.par_chunks(4096))
+        .zip(dout.par_chunks(4096))
+        .for_each(|((d, x), g)| {
+            for ((d, x), g) in d.iter_mut().zip(x).zip(g) {
+                let x = x.to_f32();
+                let cube = 0.044715 * x * x * x;
+                let th = (GELU_SCALE * (x + cube)).tanh();
+                let sech2 = 1.0 - th * th;
+                let local = 0.5 * (1.0 + th)
+                    + x * 0.5 * sech2 * GELU_SCALE * (1.0 + 3.0 * 0.044715 * x * x);
+                *d = local * g;
+            }
+        });
+}
+
+// ----------------------------------------------------------------------------------------------
+// attention
+
+/// Shape of an attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    /// T
+    pub t: usize,
+    /// C
+    pub c: usize,
+    /// NH
+    pub nh: usize,
+}
+
+/// Softmax attention of one query `q` (hs) over keys/values at rows `0..=last`;
+/// `kv(t2)` gives (k, v) of row t2. Writes probabilities to `p` (last+1) and the output to `y` (hs).
+#[inline]
+fn attend_one<'a>(
+    q: &[f32],
+    last: usize,
+    kv: impl Fn(usize) -> (&'a [f32], &'a [f32]),
+    p: &mut [f32],
+    y: &mut [f32],
+) {
+    let scale = 1.0 / (q.len() as f32).sqrt();
+    let mut max = f32::NEG_INFINITY;
+    for (t2, s) in p.iter_mut().enumerate().take(last + 1) {
+        let (k, _) = kv(t2);
+        let dot: f32 = q.iter().zip(k).map(|(a, b)| a * b).sum();
+        *s = dot * scale;
+        max = max.max(*s);
+    }
+    let mut sum = 0.0f32;
+    for s in p.iter_mut().take(last + 1) {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    y.iter_mut().for_each(|v| *v = 0.0);
+    for (t2, s) in p.iter_mut().enumerate().take(last + 1) {
+        *s *= inv;
+        let (_, v) = kv(t2);
+        y.iter_mut().zip(v).for_each(|(y, v)| *y += *s * v);
+    }
+}
+
+/// atty (B, T, C) and att (B, NH, T, T) from qkv (B, T, 3C), causal.
+pub fn attention_forward<E: Elem>(atty: &mut [E], att: &mut [E], qkv: &[E], s: AttnShape) {
+    let AttnShape { t, c, nh } = s;
+    let hs = c / nh;
+    atty.par_chunks_mut(t * c)
+        .zip(att.par_chunks_mut(nh * t * t))
+        .zip(qkv.par_chunks(t * 3 * c))
+        .for_each(|((yb, ab), qb)| {
+            let qf = widen(qb);
+            let mut p = vec![0.0f32; t];
+            let mut y = vec![0.0f32; hs];
+            for h in 0..nh {
+                for ti in 0..t {
+                    let q = &qf[ti * 3 * c + h * hs..][..hs];
+                    let kv = |t2: usize| {
+                        let row = &qf[t2 * 3 * c..];
+                        (&row[c + h * hs..][..hs], &row[2 * c + h * hs..][..hs])
+                    };
+                    p.iter_mut().for_each(|v| *v = 0.0);
+                    attend_one(q, ti, kv, &mut p, &mut y);
+                    E::narrow(&p, &mut ab[(h * t + ti) * t..][..t]);
+                    E::narrow(&y, &mut yb[ti * c + h * hs..][..hs]);
+                }
+            }
+        });
+}
+
+/// dqkv (B, T, 3C) (overwritten) from datty (B, T, C), qkv and att.
+pub fn attention_backward<E: Elem>(
+    dqkv: &mut [f32],
+    datty: &[f32],
+    qkv: &[E],
+    att: &[E],
+    s: AttnShape,
+) {
+    let AttnShape { t, c, nh } = s;
+    let hs = c / nh;
+    let scale = 1.0 / (hs as f32).sqrt();
+    dqkv.par_chunks_mut(t * 3 * c)
+        .zip(datty.par_chunks(t * c))
+        .zip(qkv.par_chunks(t * 3 * c).zip(att.par_chunks(nh * t * t)))
+        .for_each(|((dq, dy), (qb, ab))| {
+            let qf = widen(qb);
+            let af = widen(ab);
+            dq.iter_mut().for_each(|v| *v = 0.0);
+            let mut datt = vec![0.0f32; t];
+            for h in 0..nh {
+                for ti in 0..t {
+                    let p = &af[(h * t + ti) * t..][..t];
+                    let g = &dy[ti * c + h * hs..][..hs];
+                    // d att and d v
+                    for t2 in 0..=ti {
+                        let v = &qf[t2 * 3 * c + 2 * c + h * hs..][..hs];
+                        datt[t2] = g.iter().zip(v).map(|(a, b)| a * b).sum();
+                        let dv = &mut dq[t2 * 3 * c + 2 * c + h * hs..][..hs];
+                        dv.iter_mut().zip(g).for_each(|(d, g)| *d += p[t2] * g);
+                    }
+                    // softmax backward: dpre = p · (datt − Σ p·datt)
+                    let dot: f32 = p[..=ti].iter().zip(&datt[..=ti]).map(|(a, b)| a * b).sum();
+                    for t2 in 0..=ti {
+                        let dpre = p[t2] * (datt[t2] - dot) * scale;
+                        let k_off = t2 * 3 * c + c + h * hs;
+                        let q_off = ti * 3 * c + h * hs;
+                        for i in 0..hs {
+                            dq[q_off + i] += dpre * qf[k_off + i];
+                            dq[k_off + i] += dpre * qf[q_off + i];
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// One decoding step of attention for B sequences at position `pos`: out (B, C) from the query
+/// part of qkv (B, 3C) and the caches k, v (B, maxT, C) holding rows `0..=pos`.
+pub fn attention_decode<E: Elem>(
+    out: &mut [E],
+    qkv: &[E],
+    kc: &[E],
+    vc: &[E],
+    pos: usize,
+    max_t: usize,
+    s: AttnShape,
+) {
+    let AttnShape { c, nh, .. } = s;
+    let hs = c / nh;
+    out.par_chunks_mut(c)
+        .zip(qkv.par_chunks(3 * c))
+        .zip(kc.par_chunks(max_t * c).zip(vc.par_chunks(max_t * c)))
+        .for_each(|((yb, qb), (kb, vb))| {
+            let qf = widen(&qb[..c]);
+            let kf = widen(&kb[..(pos + 1) * c]);
+            let vf = widen(&vb[..(pos + 1) * c]);
+            let mut p = vec![0.0f32; pos + 1];
+            let mut y = vec![0.0f32; hs];
+            for h in 0..nh {
+                let q = &qf[h * hs..][..hs];
+                let kv = |t2: usize| (&kf[t2 * c + h * hs..][..hs], &vf[t2 * c + h * hs..][..hs]);
+                attend_one(q, pos, kv, &mut p, &mut y);
+                E::narrow(&y, &mut yb[h * hs..][..hs]);
+            }
+        });
+}
