@@ -183,7 +183,7 @@ fn read_into<T: bytemuck::Pod>(
     }
     let size = std::mem::size_of::<T>();
     let data = view.data();
-    if data.len() != dst.len() * size {
+    if data.len() != std::mem::size_of_val(dst) {
         return Err(bad(format!(
             "{name}: {} bytes for {} elements",
             data.len(),

@@ -204,7 +204,7 @@ impl<E: Elem> Gpt<E> {
             heads: nh,
             ..
         } = self.cfg;
-        if self.acts.as_ref().is_none_or(|a| a.b != b || a.t != t) {
+        if !self.acts.as_ref().is_some_and(|a| a.b == b && a.t == t) {
             self.acts = Some(Acts::new(&self.cfg, b, t));
             self.gacts = GradActs::new(&self.cfg, b, t);
         }
