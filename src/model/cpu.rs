@@ -358,11 +358,10 @@ pub fn encoder_forward<E: Elem>(
         .for_each(|(i, (o, &tok))| {
             let tok = tok as usize; // u32 → usize is lossless on the 32/64-bit targets we build for
             let pos = pos0 + i % t;
-            let we = &wte[tok * c..(tok + 1) * c];
-            let pe = &wpe[pos * c..(pos + 1) * c];
-            for ((o, a), b) in o.iter_mut().zip(we).zip(pe) {
-                *o = E::from_f32(a.to_f32() + b.to_f32());
-            }
+            let mut we = widen(&wte[tok * c..(tok + 1) * c]);
+            let pe = widen(&wpe[pos * c..(pos + 1) * c]);
+            we.iter_mut().zip(&pe).for_each(|(a, b)| *a += b);
+            E::narrow(&we, o);
         });
 }
 
@@ -409,9 +408,10 @@ pub fn layernorm_forward<E: Elem>(
             let m = xf.iter().sum::<f32>() / c as f32;
             let var = xf.iter().map(|v| (v - m) * (v - m)).sum::<f32>() / c as f32;
             let s = 1.0 / (var + LN_EPS).sqrt();
-            for (((o, &x), &w), &b) in o.iter_mut().zip(&xf).zip(&wf).zip(&bf) {
-                *o = E::from_f32((x - m) * s * w + b);
+            for ((x, &w), &b) in xf.iter_mut().zip(&wf).zip(&bf) {
+                *x = (*x - m) * s * w + b;
             }
+            E::narrow(&xf, o);
             *mu = m;
             *rs = s;
         });
@@ -436,31 +436,35 @@ pub fn layernorm_backward<E: Elem>(
         .zip(inp.par_chunks(c))
         .zip(mean.par_iter().zip(rstd.par_iter()))
         .for_each(|(((di, g), x), (&mu, &rs))| {
+            let mut norm = widen(x);
+            norm.iter_mut().for_each(|x| *x = (*x - mu) * rs);
             let (mut dmean, mut dnmean) = (0.0f32, 0.0f32);
-            for ((&g, &x), &w) in g.iter().zip(x).zip(&wf) {
-                let norm = (x.to_f32() - mu) * rs;
-                let dnorm = w * g;
-                dmean += dnorm;
-                dnmean += dnorm * norm;
+            for ((&g, &n), &w) in g.iter().zip(&norm).zip(&wf) {
+                dmean += w * g;
+                dnmean += w * g * n;
             }
             dmean /= c as f32;
             dnmean /= c as f32;
-            for (((d, &g), &x), &w) in di.iter_mut().zip(g).zip(x).zip(&wf) {
-                let norm = (x.to_f32() - mu) * rs;
-                *d += (w * g - dmean - norm * dnmean) * rs;
+            for (((d, &g), &n), &w) in di.iter_mut().zip(g).zip(&norm).zip(&wf) {
+                *d += (w * g - dmean - n * dnmean) * rs;
             }
         });
+    let mut norm = vec![0.0f32; c];
     for ((g, x), (&mu, &rs)) in dout
         .chunks_exact(c)
         .zip(inp.chunks_exact(c))
         .zip(mean.iter().zip(rstd))
     {
-        for (((dw, db), &g), &x) in dw.iter_mut().zip(db.iter_mut()).zip(g).zip(x) {
-            *dw += (x.to_f32() - mu) * rs * g;
+        E::widen(x, &mut norm);
+        for (((dw, db), &g), &x) in dw.iter_mut().zip(db.iter_mut()).zip(g).zip(&norm) {
+            *dw += (x - mu) * rs * g;
             *db += g;
         }
     }
 }
+
+/// Elements per conversion block of the elementwise ops (stack buffers, SIMD widen/narrow).
+const BLOCK: usize = 256;
 
 /// out = a + b (elementwise).
 pub fn residual_forward<E: Elem>(out: &mut [E], a: &[E], b: &[E]) {
@@ -468,16 +472,32 @@ pub fn residual_forward<E: Elem>(out: &mut [E], a: &[E], b: &[E]) {
         .zip(a.par_chunks(4096))
         .zip(b.par_chunks(4096))
         .for_each(|((o, a), b)| {
-            for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
-                *o = E::from_f32(a.to_f32() + b.to_f32());
+            let (mut x, mut y) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
+            for ((o, a), b) in o
+                .chunks_mut(BLOCK)
+                .zip(a.chunks(BLOCK))
+                .zip(b.chunks(BLOCK))
+            {
+                let n = o.len();
+                E::widen(a, &mut x[..n]);
+                E::widen(b, &mut y[..n]);
+                x[..n].iter_mut().zip(&y[..n]).for_each(|(x, y)| *x += y);
+                E::narrow(&x[..n], o);
             }
         });
+}
+
+/// tanh via exp: exact to a few f32 ulps in absolute terms, which is what `1 + tanh` needs,
+/// and several times faster than libm's `tanhf`. Saturates correctly (exp overflow → 1).
+#[inline]
+fn tanh_fast(u: f32) -> f32 {
+    1.0 - 2.0 / ((2.0 * u).exp() + 1.0)
 }
 
 /// tanh-GELU of one value.
 #[inline]
 fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + (GELU_SCALE * (x + 0.044715 * x * x * x)).tanh())
+    0.5 * x * (1.0 + tanh_fast(GELU_SCALE * (x + 0.044715 * x * x * x)))
 }
 
 /// out = gelu(inp) (elementwise).
@@ -485,8 +505,12 @@ pub fn gelu_forward<E: Elem>(out: &mut [E], inp: &[E]) {
     out.par_chunks_mut(4096)
         .zip(inp.par_chunks(4096))
         .for_each(|(o, x)| {
-            for (o, x) in o.iter_mut().zip(x) {
-                *o = E::from_f32(gelu(x.to_f32()));
+            let mut buf = [0.0f32; BLOCK];
+            for (o, x) in o.chunks_mut(BLOCK).zip(x.chunks(BLOCK)) {
+                let n = o.len();
+                E::widen(x, &mut buf[..n]);
+                buf[..n].iter_mut().for_each(|v| *v = gelu(*v));
+                E::narrow(&buf[..n], o);
             }
         });
 }
@@ -497,14 +521,21 @@ pub fn gelu_backward<E: Elem>(dinp: &mut [f32], inp: &[E], dout: &[f32]) {
         .zip(inp.par_chunks(4096))
         .zip(dout.par_chunks(4096))
         .for_each(|((d, x), g)| {
-            for ((d, x), g) in d.iter_mut().zip(x).zip(g) {
-                let x = x.to_f32();
-                let cube = 0.044715 * x * x * x;
-                let th = (GELU_SCALE * (x + cube)).tanh();
-                let sech2 = 1.0 - th * th;
-                let local = 0.5 * (1.0 + th)
-                    + x * 0.5 * sech2 * GELU_SCALE * (1.0 + 3.0 * 0.044715 * x * x);
-                *d = local * g;
+            let mut buf = [0.0f32; BLOCK];
+            for ((d, x), g) in d
+                .chunks_mut(BLOCK)
+                .zip(x.chunks(BLOCK))
+                .zip(g.chunks(BLOCK))
+            {
+                let n = d.len();
+                E::widen(x, &mut buf[..n]);
+                for ((d, &x), &g) in d.iter_mut().zip(&buf[..n]).zip(g) {
+                    let th = tanh_fast(GELU_SCALE * (x + 0.044715 * x * x * x));
+                    let sech2 = 1.0 - th * th;
+                    let local = 0.5 * (1.0 + th)
+                        + x * 0.5 * sech2 * GELU_SCALE * (1.0 + 3.0 * 0.044715 * x * x);
+                    *d = local * g;
+                }
             }
         });
 }
