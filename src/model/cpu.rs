@@ -586,77 +586,142 @@ fn attend_one<'a>(
     }
 }
 
+/// Adds a (T, hs) block into columns `off..off + hs` of a (T, stride) buffer.
+fn add_cols(dst: &mut [f32], src: &[f32], stride: usize, off: usize, hs: usize) {
+    for (d, s) in dst.chunks_mut(stride).zip(src.chunks_exact(hs)) {
+        d[off..off + hs]
+            .iter_mut()
+            .zip(s)
+            .for_each(|(d, s)| *d += s);
+    }
+}
+
 /// atty (B, T, C) and att (B, NH, T, T) from qkv (B, T, 3C), causal.
-pub fn attention_forward<E: Elem>(atty: &mut [E], att: &mut [E], qkv: &[E], s: AttnShape) {
+///
+/// Per (b, h): scores S = Q·Kᵀ (T, T) and Y = P·V (T, hs) are two small gemms on strided views
+/// of qkv; the full T×T square is computed (twice the causal work) because sgemm is an order of
+/// magnitude faster than the scalar triangle loop at hs = 16. The softmax reads only t2 ≤ t
+/// and writes exact zeros above the diagonal, so P·V is causal.
+pub fn attention_forward<E: Elem>(
+    atty: &mut [E],
+    att: &mut [E],
+    qkv: &[E],
+    s: AttnShape,
+) -> Result<()> {
     let AttnShape { t, c, nh } = s;
     let hs = c / nh;
+    let scale = 1.0 / (hs as f32).sqrt();
     atty.par_chunks_mut(t * c)
         .zip(att.par_chunks_mut(nh * t * t))
         .zip(qkv.par_chunks(t * 3 * c))
-        .for_each(|((yb, ab), qb)| {
+        .try_for_each(|((yb, ab), qb)| {
             let qf = widen(qb);
-            let mut p = vec![0.0f32; t];
-            let mut y = vec![0.0f32; hs];
+            let mut sc = vec![0.0f32; t * t];
+            let mut yh = vec![0.0f32; t * hs];
+            let mut y = vec![0.0f32; t * c];
             for h in 0..nh {
-                for ti in 0..t {
-                    let q = &qf[ti * 3 * c + h * hs..][..hs];
-                    let kv = |t2: usize| {
-                        let row = &qf[t2 * 3 * c..];
-                        (&row[c + h * hs..][..hs], &row[2 * c + h * hs..][..hs])
-                    };
-                    p.iter_mut().for_each(|v| *v = 0.0);
-                    attend_one(q, ti, kv, &mut p, &mut y);
-                    E::narrow(&p, &mut ab[(h * t + ti) * t..][..t]);
-                    E::narrow(&y, &mut yb[ti * c + h * hs..][..hs]);
+                let q = Mat {
+                    data: &qf[h * hs..],
+                    rs: 3 * c,
+                    cs: 1,
+                };
+                let kt = Mat {
+                    data: &qf[c + h * hs..],
+                    rs: 1,
+                    cs: 3 * c,
+                };
+                let v = Mat {
+                    data: &qf[2 * c + h * hs..],
+                    rs: 3 * c,
+                    cs: 1,
+                };
+                gemm_seq(t, hs, t, q, kt, 0.0, &mut sc)?;
+                for (ti, row) in sc.chunks_exact_mut(t).enumerate() {
+                    let (live, dead) = row.split_at_mut(ti + 1);
+                    let max = live
+                        .iter()
+                        .fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
+                    let mut sum = 0.0f32;
+                    for x in live.iter_mut() {
+                        *x = (*x * scale - max).exp();
+                        sum += *x;
+                    }
+                    let inv = 1.0 / sum;
+                    live.iter_mut().for_each(|x| *x *= inv);
+                    dead.iter_mut().for_each(|x| *x = 0.0);
+                }
+                E::narrow(&sc, &mut ab[h * t * t..][..t * t]);
+                gemm_seq(t, t, hs, Mat::rows(&sc, t), v, 0.0, &mut yh)?;
+                for (yr, hr) in y.chunks_exact_mut(c).zip(yh.chunks_exact(hs)) {
+                    yr[h * hs..][..hs].copy_from_slice(hr);
                 }
             }
-        });
+            E::narrow(&y, yb);
+            Ok(())
+        })
 }
 
 /// dqkv (B, T, 3C) (overwritten) from datty (B, T, C), qkv and att.
+///
+/// Per (b, h), with P the saved probabilities (zero above the diagonal):
+/// dP = dY·Vᵀ, dV = Pᵀ·dY, dS = P ⊙ (dP − rowsum(P ⊙ dP)) · scale, dQ = dS·K, dK = dSᵀ·Q.
 pub fn attention_backward<E: Elem>(
     dqkv: &mut [f32],
     datty: &[f32],
     qkv: &[E],
     att: &[E],
     s: AttnShape,
-) {
+) -> Result<()> {
     let AttnShape { t, c, nh } = s;
     let hs = c / nh;
     let scale = 1.0 / (hs as f32).sqrt();
     dqkv.par_chunks_mut(t * 3 * c)
         .zip(datty.par_chunks(t * c))
         .zip(qkv.par_chunks(t * 3 * c).zip(att.par_chunks(nh * t * t)))
-        .for_each(|((dq, dy), (qb, ab))| {
+        .try_for_each(|((dq, dy), (qb, ab))| {
             let qf = widen(qb);
             let af = widen(ab);
             dq.iter_mut().for_each(|v| *v = 0.0);
-            let mut datt = vec![0.0f32; t];
+            let mut ds = vec![0.0f32; t * t];
+            let mut tmp = vec![0.0f32; t * hs];
             for h in 0..nh {
-                for ti in 0..t {
-                    let p = &af[(h * t + ti) * t..][..t];
-                    let g = &dy[ti * c + h * hs..][..hs];
-                    // d att and d v
-                    for t2 in 0..=ti {
-                        let v = &qf[t2 * 3 * c + 2 * c + h * hs..][..hs];
-                        datt[t2] = g.iter().zip(v).map(|(a, b)| a * b).sum();
-                        let dv = &mut dq[t2 * 3 * c + 2 * c + h * hs..][..hs];
-                        dv.iter_mut().zip(g).for_each(|(d, g)| *d += p[t2] * g);
-                    }
-                    // softmax backward: dpre = p · (datt − Σ p·datt)
-                    let dot: f32 = p[..=ti].iter().zip(&datt[..=ti]).map(|(a, b)| a * b).sum();
-                    for t2 in 0..=ti {
-                        let dpre = p[t2] * (datt[t2] - dot) * scale;
-                        let k_off = t2 * 3 * c + c + h * hs;
-                        let q_off = ti * 3 * c + h * hs;
-                        for i in 0..hs {
-                            dq[q_off + i] += dpre * qf[k_off + i];
-                            dq[k_off + i] += dpre * qf[q_off + i];
-                        }
-                    }
+                let p = &af[h * t * t..][..t * t];
+                let g = Mat {
+                    data: &dy[h * hs..],
+                    rs: c,
+                    cs: 1,
+                };
+                let q = Mat {
+                    data: &qf[h * hs..],
+                    rs: 3 * c,
+                    cs: 1,
+                };
+                let k = Mat {
+                    data: &qf[c + h * hs..],
+                    rs: 3 * c,
+                    cs: 1,
+                };
+                let vt = Mat {
+                    data: &qf[2 * c + h * hs..],
+                    rs: 1,
+                    cs: 3 * c,
+                };
+                gemm_seq(t, hs, t, g, vt, 0.0, &mut ds)?; // dP
+                gemm_seq(t, t, hs, Mat::trans(p, t), g, 0.0, &mut tmp)?; // dV
+                add_cols(dq, &tmp, 3 * c, 2 * c + h * hs, hs);
+                for (dr, pr) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
+                    let dot: f32 = dr.iter().zip(pr).map(|(d, p)| d * p).sum();
+                    dr.iter_mut()
+                        .zip(pr)
+                        .for_each(|(d, p)| *d = p * (*d - dot) * scale);
                 }
+                gemm_seq(t, t, hs, Mat::rows(&ds, t), k, 0.0, &mut tmp)?; // dQ
+                add_cols(dq, &tmp, 3 * c, h * hs, hs);
+                gemm_seq(t, t, hs, Mat::trans(&ds, t), q, 0.0, &mut tmp)?; // dK
+                add_cols(dq, &tmp, 3 * c, c + h * hs, hs);
             }
-        });
+            Ok(())
+        })
 }
 
 /// One decoding step of attention for B sequences at position `pos`: out (B, C) from the query

@@ -269,7 +269,7 @@ impl<E: Elem> Gpt<E> {
             )?;
             prof.add(Op::Matmul, Pass::Forward, t0);
             let t0 = Instant::now();
-            cpu::attention_forward(atty, att, qkv, shape);
+            cpu::attention_forward(atty, att, qkv, shape)?;
             prof.add(Op::Attention, Pass::Forward, t0);
             let t0 = Instant::now();
             cpu::matmul_forward(
@@ -483,7 +483,7 @@ impl<E: Elem> Gpt<E> {
             )?;
             prof.add(Op::Matmul, Pass::Backward, t0);
             let t0 = Instant::now();
-            cpu::attention_backward(&mut g.dqkv, &g.datty, qkv, att, shape);
+            cpu::attention_backward(&mut g.dqkv, &g.datty, qkv, att, shape)?;
             prof.add(Op::Attention, Pass::Backward, t0);
             let t0 = Instant::now();
             let (dw, db) = two_mut(
