@@ -194,11 +194,15 @@ fn gemm_seq(
     Ok(())
 }
 
-/// Rows per parallel chunk for `m` rows: a few chunks per thread, at least 16 rows each.
+/// Rows per parallel chunk for `m` rows: a few chunks per thread, at least 64 rows each (below
+/// that, rayon's wake-ups cost more than the rows: measured on the decode path, B = 128).
 fn rows_per_chunk(m: usize) -> usize {
     let chunks = 4 * rayon::current_num_threads().max(1);
-    m.div_ceil(chunks).max(16)
+    m.div_ceil(chunks).max(MIN_ROWS)
 }
+
+/// Fewest rows (tokens) per rayon task in the row-parallel ops.
+const MIN_ROWS: usize = 64;
 
 /// out (m, n) = beta·out + a (m, k) · b (k, n), rows of `out` split across rayon.
 pub fn gemm(
@@ -402,6 +406,7 @@ pub fn layernorm_forward<E: Elem>(
     out.par_chunks_mut(c)
         .zip(inp.par_chunks(c))
         .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
+        .with_min_len(MIN_ROWS)
         .for_each(|((o, x), (mu, rs))| {
             let mut xf = vec![0.0f32; c];
             E::widen(x, &mut xf);
@@ -435,6 +440,7 @@ pub fn layernorm_backward<E: Elem>(
         .zip(dout.par_chunks(c))
         .zip(inp.par_chunks(c))
         .zip(mean.par_iter().zip(rstd.par_iter()))
+        .with_min_len(MIN_ROWS)
         .for_each(|(((di, g), x), (&mu, &rs))| {
             let mut norm = widen(x);
             norm.iter_mut().for_each(|x| *x = (*x - mu) * rs);
@@ -740,6 +746,7 @@ pub fn attention_decode<E: Elem>(
     out.par_chunks_mut(c)
         .zip(qkv.par_chunks(3 * c))
         .zip(kc.par_chunks(max_t * c).zip(vc.par_chunks(max_t * c)))
+        .with_min_len(16)
         .for_each(|((yb, qb), (kb, vb))| {
             let qf = widen(&qb[..c]);
             let kf = widen(&kb[..(pos + 1) * c]);

@@ -125,6 +125,14 @@ impl<E: Elem> Gpt<E> {
                 context: max_t,
             });
         }
+        let cache_len = nl * b * max_t * c;
+        if cache.k.len() != cache_len || cache.v.len() != cache_len || cache.x.len() != b * c {
+            return Err(ModelError::Shape {
+                op: "decode_step cache",
+                expected: cache_len,
+                got: cache.k.len(),
+            });
+        }
         if logits.len() != b * v {
             return Err(ModelError::Shape {
                 op: "decode_step",
