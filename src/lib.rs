@@ -12,7 +12,9 @@
 //! 2. [`cpu`] — the reference: every number the kernels must reproduce.
 //! 3. [`advantage`] — GRPO, Dr.GRPO, RLOO, GiGPO base advantages.
 //! 4. [`io`] — safetensors files for `aem head`.
-//! 5. [`env`] — multi-turn text environments (FogLake, KeyRooms, TinyShop) for the trainer.
+//! 5. [`model`] — the small f16 GPT (CPU path): forward, backward, AdamW, KV-cache sampling,
+//!    GPT-2-layout safetensors checkpoints.
+//! 6. [`env`] — multi-turn text environments (FogLake, KeyRooms, TinyShop) for the trainer.
 
 pub mod advantage;
 pub mod cpu;
@@ -21,5 +23,6 @@ pub mod env;
 pub mod error;
 pub mod head;
 pub mod io;
+pub mod model;
 
 pub use error::{Error, Result};

@@ -1,0 +1,82 @@
+//! Model configuration.
+
+use super::{ModelError, Result};
+
+/// GPT-2 hyperparameters. `Default` is sized for 2 CPU cores (~0.1M parameters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GptConfig {
+    /// V: vocabulary size (HF `vocab_size`).
+    pub vocab: usize,
+    /// maxT: maximum sequence length (HF `n_positions`).
+    pub context: usize,
+    /// C: channels (HF `n_embd`).
+    pub d_model: usize,
+    /// L: transformer blocks (HF `n_layer`).
+    pub layers: usize,
+    /// NH: attention heads (HF `n_head`).
+    pub heads: usize,
+}
+
+impl Default for GptConfig {
+    fn default() -> Self {
+        Self {
+            vocab: 64,
+            context: 64,
+            d_model: 64,
+            layers: 2,
+            heads: 4,
+        }
+    }
+}
+
+impl GptConfig {
+    /// Checks the config: all sizes positive, `heads` divides `d_model`, sizes fit in memory
+    /// arithmetic (`4·C`, `3·C`, `V·C` …) without overflow and token ids fit in `u32`.
+    pub fn validate(&self) -> Result<()> {
+        for (field, v) in [
+            ("vocab", self.vocab),
+            ("context", self.context),
+            ("d_model", self.d_model),
+            ("layers", self.layers),
+            ("heads", self.heads),
+        ] {
+            if v == 0 {
+                return Err(ModelError::ZeroDim { field });
+            }
+        }
+        if self.d_model % self.heads != 0 {
+            return Err(ModelError::HeadsDontDivide {
+                d_model: self.d_model,
+                heads: self.heads,
+            });
+        }
+        if u32::try_from(self.vocab).is_err() {
+            return Err(ModelError::Overflow {
+                what: "vocab (token ids are u32)",
+            });
+        }
+        // The largest products used for buffer sizes; checked once here, so layout code can
+        // multiply freely afterwards.
+        let per_layer = self
+            .d_model
+            .checked_mul(self.d_model)
+            .and_then(|cc| cc.checked_mul(12))
+            .and_then(|w| w.checked_add(self.d_model.checked_mul(13)?));
+        let total = per_layer
+            .and_then(|p| p.checked_mul(self.layers))
+            .and_then(|p| p.checked_add(self.vocab.checked_mul(self.d_model)?))
+            .and_then(|p| p.checked_add(self.context.checked_mul(self.d_model)?))
+            .and_then(|p| p.checked_mul(4)); // bytes of f32 masters
+        if total.is_none() {
+            return Err(ModelError::Overflow {
+                what: "parameter count",
+            });
+        }
+        Ok(())
+    }
+
+    /// hs: channels per head.
+    pub fn head_size(&self) -> usize {
+        self.d_model / self.heads.max(1)
+    }
+}

@@ -1,0 +1,354 @@
+//! Batched incremental decoding with a KV cache.
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use super::cpu::{self, AttnShape};
+use super::params::ParamId;
+use super::{Elem, Gpt, GptConfig, ModelError, Result};
+
+/// Sampling settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SampleParams {
+    /// New tokens per sequence (N).
+    pub max_new: usize,
+    /// Softmax temperature; 0 picks the most likely valid token (log-prob and entropy 0).
+    pub temperature: f32,
+}
+
+/// Sampled sequences.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Samples {
+    /// B
+    pub b: usize,
+    /// P + N: tokens per row of `tokens`.
+    pub len: usize,
+    /// (B, P + N) u32: prompt followed by sampled tokens.
+    pub tokens: Vec<u32>,
+    /// (B, N) f32: log-prob of each sampled token under the distribution sampled from
+    /// (after mask and temperature).
+    pub logprobs: Vec<f32>,
+    /// (B, N) f32: entropy (nats) of that distribution.
+    pub entropies: Vec<f32>,
+}
+
+/// A validity mask: called per sequence and step as `mask(row, so_far, valid)` with the row's
+/// tokens so far (P + i) and `valid` (V) preset to all `true`; set forbidden tokens to `false`.
+pub type MaskFn<'a> = dyn FnMut(usize, &[u32], &mut [bool]) + 'a;
+
+/// Keys and values of every layer for B sequences, plus decoding scratch.
+#[derive(Debug, Clone)]
+pub struct KvCache<E> {
+    /// B
+    pub b: usize,
+    /// (L, B, maxT, C) E
+    pub k: Vec<E>,
+    /// (L, B, maxT, C) E
+    pub v: Vec<E>,
+    /// (B, C) E: residual stream of the current position.
+    x: Vec<E>,
+    /// (B, C) E
+    x2: Vec<E>,
+    /// (B, C) E
+    ln: Vec<E>,
+    /// (B) f32
+    mean: Vec<f32>,
+    /// (B) f32
+    rstd: Vec<f32>,
+    /// (B, 3C) E
+    qkv: Vec<E>,
+    /// (B, C) E
+    atty: Vec<E>,
+    /// (B, C) E
+    proj: Vec<E>,
+    /// (B, 4C) E
+    fch: Vec<E>,
+    /// (B, 4C) E
+    fch_gelu: Vec<E>,
+}
+
+impl<E: Elem> KvCache<E> {
+    /// An empty cache for B sequences of up to maxT tokens.
+    pub fn new(cfg: &GptConfig, b: usize) -> Result<Self> {
+        let (c, l, t) = (cfg.d_model, cfg.layers, cfg.context);
+        let n = l
+            .checked_mul(b)
+            .and_then(|x| x.checked_mul(t))
+            .and_then(|x| x.checked_mul(c))
+            .filter(|n| {
+                n.checked_mul(std::mem::size_of::<E>())
+                    .is_some_and(|by| isize::try_from(by).is_ok())
+            })
+            .ok_or(ModelError::Overflow { what: "kv cache" })?;
+        let z = |k: usize| vec![E::default(); k];
+        Ok(Self {
+            b,
+            k: z(n),
+            v: z(n),
+            x: z(b * c),
+            x2: z(b * c),
+            ln: z(b * c),
+            mean: vec![0.0; b],
+            rstd: vec![0.0; b],
+            qkv: z(3 * b * c),
+            atty: z(b * c),
+            proj: z(b * c),
+            fch: z(4 * b * c),
+            fch_gelu: z(4 * b * c),
+        })
+    }
+}
+
+impl<E: Elem> Gpt<E> {
+    /// Feeds one token per sequence, tokens (B), at position `pos` (all positions `< pos` already
+    /// in the cache); writes logits (B, V) f32.
+    pub fn decode_step(
+        &self,
+        cache: &mut KvCache<E>,
+        tokens: &[u32],
+        pos: usize,
+        logits: &mut [f32],
+    ) -> Result<()> {
+        let GptConfig {
+            vocab: v,
+            context: max_t,
+            d_model: c,
+            layers: nl,
+            heads: nh,
+        } = *self.config();
+        let b = cache.b;
+        self.check_tokens("decode_step", tokens, b, 1)?;
+        if pos >= max_t {
+            return Err(ModelError::TooLong {
+                op: "decode_step",
+                t: pos + 1,
+                context: max_t,
+            });
+        }
+        let cache_len = nl * b * max_t * c;
+        if cache.k.len() != cache_len || cache.v.len() != cache_len || cache.x.len() != b * c {
+            return Err(ModelError::Shape {
+                op: "decode_step cache",
+                expected: cache_len,
+                got: cache.k.len(),
+            });
+        }
+        if logits.len() != b * v {
+            return Err(ModelError::Shape {
+                op: "decode_step",
+                expected: b * v,
+                got: logits.len(),
+            });
+        }
+        let (params, lay) = (self.params(), self.layout());
+        let p = |id: ParamId, l: usize| &params[lay.layer_range(id, l)];
+        let shape = AttnShape { t: 1, c, nh };
+        let kc = cache;
+        cpu::encoder_forward(
+            &mut kc.x,
+            tokens,
+            p(ParamId::Wte, 0),
+            p(ParamId::Wpe, 0),
+            1,
+            pos,
+            c,
+        );
+        for l in 0..nl {
+            cpu::layernorm_forward(
+                &mut kc.ln,
+                &mut kc.mean,
+                &mut kc.rstd,
+                &kc.x,
+                p(ParamId::Ln1W, l),
+                p(ParamId::Ln1B, l),
+                c,
+            );
+            cpu::matmul_forward(
+                &mut kc.qkv,
+                &kc.ln,
+                p(ParamId::QkvW, l),
+                Some(p(ParamId::QkvB, l)),
+                (b, c, 3 * c),
+            )?;
+            let lk = &mut kc.k[l * b * max_t * c..][..b * max_t * c];
+            let lv = &mut kc.v[l * b * max_t * c..][..b * max_t * c];
+            for (bi, row) in kc.qkv.chunks_exact(3 * c).enumerate() {
+                lk[(bi * max_t + pos) * c..][..c].copy_from_slice(&row[c..2 * c]);
+                lv[(bi * max_t + pos) * c..][..c].copy_from_slice(&row[2 * c..]);
+            }
+            cpu::attention_decode(&mut kc.atty, &kc.qkv, lk, lv, pos, max_t, shape);
+            cpu::matmul_forward(
+                &mut kc.proj,
+                &kc.atty,
+                p(ParamId::AttProjW, l),
+                Some(p(ParamId::AttProjB, l)),
+                (b, c, c),
+            )?;
+            cpu::residual_forward(&mut kc.x2, &kc.x, &kc.proj);
+            cpu::layernorm_forward(
+                &mut kc.ln,
+                &mut kc.mean,
+                &mut kc.rstd,
+                &kc.x2,
+                p(ParamId::Ln2W, l),
+                p(ParamId::Ln2B, l),
+                c,
+            );
+            cpu::matmul_forward(
+                &mut kc.fch,
+                &kc.ln,
+                p(ParamId::FcW, l),
+                Some(p(ParamId::FcB, l)),
+                (b, c, 4 * c),
+            )?;
+            cpu::gelu_forward(&mut kc.fch_gelu, &kc.fch);
+            cpu::matmul_forward(
+                &mut kc.proj,
+                &kc.fch_gelu,
+                p(ParamId::FcProjW, l),
+                Some(p(ParamId::FcProjB, l)),
+                (b, 4 * c, c),
+            )?;
+            cpu::residual_forward(&mut kc.x, &kc.x2, &kc.proj);
+        }
+        cpu::layernorm_forward(
+            &mut kc.ln,
+            &mut kc.mean,
+            &mut kc.rstd,
+            &kc.x,
+            p(ParamId::LnfW, 0),
+            p(ParamId::LnfB, 0),
+            c,
+        );
+        cpu::logits_forward(logits, &kc.ln, p(ParamId::Wte, 0), (b, c, v))
+    }
+
+    /// Samples `max_new` tokens after prompts (B, P) with a KV cache. Rows draw from `rng` in
+    /// order, so the result is a function of the prompts, the model and the RNG state.
+    pub fn sample(
+        &self,
+        prompts: &[u32],
+        b: usize,
+        p: usize,
+        params: &SampleParams,
+        rng: &mut ChaCha8Rng,
+        mut mask: Option<&mut MaskFn>,
+    ) -> Result<Samples> {
+        let SampleParams {
+            max_new,
+            temperature,
+        } = *params;
+        if !(temperature.is_finite() && temperature >= 0.0) {
+            return Err(ModelError::Invalid {
+                what: "temperature",
+                value: temperature,
+            });
+        }
+        self.check_tokens("sample", prompts, b, p)?;
+        let len = p
+            .checked_add(max_new)
+            .ok_or(ModelError::Overflow { what: "sample" })?;
+        let ctx = self.config().context;
+        if len > ctx {
+            return Err(ModelError::TooLong {
+                op: "sample",
+                t: len,
+                context: ctx,
+            });
+        }
+        let v = self.config().vocab;
+        let mut tokens = vec![0u32; b * len];
+        for (row, pr) in tokens.chunks_exact_mut(len).zip(prompts.chunks_exact(p)) {
+            row[..p].copy_from_slice(pr);
+        }
+        let mut out = Samples {
+            b,
+            len,
+            tokens,
+            logprobs: vec![0.0; b * max_new],
+            entropies: vec![0.0; b * max_new],
+        };
+        let mut cache = KvCache::new(self.config(), b)?;
+        let mut logits = vec![0.0f32; b * v];
+        let mut valid = vec![true; v];
+        let mut z = vec![0.0f32; v];
+        let mut step_tokens = vec![0u32; b];
+        for pos in 0..len.saturating_sub(1) {
+            for (st, row) in step_tokens.iter_mut().zip(out.tokens.chunks_exact(len)) {
+                *st = row[pos];
+            }
+            self.decode_step(&mut cache, &step_tokens, pos, &mut logits)?;
+            if pos + 1 < p {
+                continue;
+            }
+            let i = pos + 1 - p; // index of the new token
+            for (row, lrow) in logits.chunks_exact(v).enumerate() {
+                valid.iter_mut().for_each(|x| *x = true);
+                if let Some(f) = mask.as_mut() {
+                    f(row, &out.tokens[row * len..row * len + pos + 1], &mut valid);
+                }
+                let (tok, lp, ent) = pick(lrow, &valid, temperature, rng, &mut z)
+                    .ok_or(ModelError::EmptyMask { row, t: pos + 1 })?;
+                out.tokens[row * len + pos + 1] = tok;
+                out.logprobs[row * max_new + i] = lp;
+                out.entropies[row * max_new + i] = ent;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Draws one token from logits (V) restricted to `valid` at `temperature`; returns
+/// (token, log-prob, entropy), or `None` if no token is valid.
+fn pick(
+    logits: &[f32],
+    valid: &[bool],
+    temperature: f32,
+    rng: &mut ChaCha8Rng,
+    z: &mut [f32],
+) -> Option<(u32, f32, f32)> {
+    if temperature == 0.0 {
+        let (best, _) = logits
+            .iter()
+            .zip(valid)
+            .enumerate()
+            .filter(|(_, (_, &ok))| ok)
+            .fold(None, |acc: Option<(usize, f32)>, (i, (&x, _))| match acc {
+                Some((_, bx)) if bx >= x => acc,
+                _ => Some((i, x)),
+            })?;
+        return Some((u32::try_from(best).ok()?, 0.0, 0.0));
+    }
+    let inv_t = 1.0 / temperature;
+    let mut max = f32::NEG_INFINITY;
+    for ((z, &x), &ok) in z.iter_mut().zip(logits).zip(valid) {
+        *z = if ok { x * inv_t } else { f32::NEG_INFINITY };
+        max = max.max(*z);
+    }
+    if max == f32::NEG_INFINITY {
+        return None;
+    }
+    let sum: f32 = z.iter().map(|&x| (x - max).exp()).sum();
+    let lse = max + sum.ln();
+    let mut ent = 0.0f32;
+    for &x in z.iter().filter(|x| x.is_finite()) {
+        let lp = x - lse;
+        ent -= lp.exp() * lp;
+    }
+    // Inverse CDF; falls back to the last valid token against rounding at the top end.
+    let u: f32 = rng.random::<f32>();
+    let mut acc = 0.0f32;
+    let mut chosen = None;
+    for (i, &x) in z.iter().enumerate() {
+        if !x.is_finite() {
+            continue;
+        }
+        chosen = Some(i);
+        acc += (x - lse).exp();
+        if u < acc {
+            break;
+        }
+    }
+    let i = chosen?;
+    Some((u32::try_from(i).ok()?, z[i] - lse, ent))
+}
