@@ -90,28 +90,19 @@ impl CudaDevice {
         self.stream.clone_htod(data).map_err(drv)
     }
 
-    pub(super) fn zeros<T: Elem>(&self, len: usize) -> Result<CudaSlice<T>>
-    where
-        T: DeviceRepr + cudarc::driver::ValidAsZeroBits,
-    {
+    pub(super) fn zeros<T: Elem>(&self, len: usize) -> Result<CudaSlice<T>> {
         // cudarc rejects zero-length allocations; an empty buffer is never dereferenced.
         self.stream.alloc_zeros::<T>(len.max(1)).map_err(drv)
     }
 
-    pub(super) fn write<T: Elem>(&self, dst: &mut CudaSlice<T>, data: &[T]) -> Result<()>
-    where
-        T: DeviceRepr,
-    {
+    pub(super) fn write<T: Elem>(&self, dst: &mut CudaSlice<T>, data: &[T]) -> Result<()> {
         if data.is_empty() {
             return Ok(());
         }
         self.stream.memcpy_htod(data, dst).map_err(drv)
     }
 
-    pub(super) fn dtoh<T: Elem>(&self, src: &CudaSlice<T>) -> Result<Vec<T>>
-    where
-        T: DeviceRepr,
-    {
+    pub(super) fn dtoh<T: Elem>(&self, src: &CudaSlice<T>) -> Result<Vec<T>> {
         let v = self.stream.clone_dtoh(src).map_err(drv)?;
         self.stream.synchronize().map_err(drv)?;
         Ok(v)

@@ -1,0 +1,113 @@
+//! The parity suite on a real GPU through `CudaDevice`. Without a driver or device each test
+//! prints why it skips; with `AEM_REQUIRE_CUDA=1` a skip is a failure, so a GPU run cannot pass
+//! by skipping.
+
+mod common;
+
+use aem::device::Device;
+use aem::head::file::GradDtype;
+use aem::head::launch::{BackwardPlan, ForwardPlan, Plan, TokenStatsKernel};
+use aem::head::HeadConfig;
+use common::{check_parity, problem, Spec};
+
+fn gpu(test: &str) -> Option<Device> {
+    match Device::cuda(0) {
+        Ok(d) => {
+            eprintln!("{test}: running on {}", d.name());
+            Some(d)
+        }
+        Err(e) => {
+            if std::env::var("AEM_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
+                panic!("{test}: AEM_REQUIRE_CUDA=1 but no GPU: {e}");
+            }
+            eprintln!(
+                "{test}: SKIPPED (no GPU: {e}); set AEM_REQUIRE_CUDA=1 to make this a failure"
+            );
+            None
+        }
+    }
+}
+
+#[test]
+fn gpu_parity_every_plan() {
+    let Some(dev) = gpu("gpu_parity_every_plan") else {
+        return;
+    };
+    for v in [1usize, 7, 31, 257, 4097, 50257] {
+        let max_len = if v > 5000 { 3 } else { 9 };
+        let d = problem(
+            v as u64,
+            Spec {
+                vocab: v,
+                responses: 11,
+                groups: 3,
+                max_len,
+                ..Spec::default()
+            },
+        );
+        for block in [32u32, 256, 1024] {
+            for forward in [
+                ForwardPlan::Unfused(TokenStatsKernel::V1),
+                ForwardPlan::Unfused(TokenStatsKernel::V2),
+                ForwardPlan::Unfused(TokenStatsKernel::V3),
+                ForwardPlan::Fused,
+            ] {
+                for backward in [
+                    BackwardPlan::Separate,
+                    BackwardPlan::Fused { row_cache: false },
+                    BackwardPlan::Fused { row_cache: true },
+                ] {
+                    for (dtype, in_place) in [
+                        (GradDtype::F32, false),
+                        (GradDtype::F16, false),
+                        (GradDtype::F16, true),
+                    ] {
+                        let cfg = HeadConfig {
+                            entropy_coef: 0.01,
+                            kl_coef: 0.1,
+                            dual_clip: Some(3.0),
+                            ..HeadConfig::default()
+                        };
+                        check_parity(
+                            &dev,
+                            &d,
+                            &cfg,
+                            dtype,
+                            &Plan {
+                                forward,
+                                backward,
+                                block,
+                                in_place,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gpu_matches_emulator_bitwise_where_arithmetic_is_exact() {
+    let Some(dev) = gpu("gpu_matches_emulator_bitwise_where_arithmetic_is_exact") else {
+        return;
+    };
+    // α of a guarded or singleton group is exactly 1 on both; integer-derived outputs agree.
+    let d = problem(
+        3,
+        Spec {
+            vocab: 257,
+            responses: 5,
+            groups: 5,
+            ..Spec::default()
+        },
+    );
+    let emu = Device::emu().unwrap();
+    let cfg = HeadConfig::default();
+    let a = aem::head::launch::loss_head(&dev, &d.inputs(), &cfg, GradDtype::F32, &Plan::default())
+        .unwrap();
+    let b = aem::head::launch::loss_head(&emu, &d.inputs(), &cfg, GradDtype::F32, &Plan::default())
+        .unwrap();
+    assert_eq!(a.alpha, b.alpha);
+    assert!(a.alpha.iter().all(|&x| x == 1.0));
+}
