@@ -235,3 +235,91 @@ fn bad_files_are_one_line_errors_and_write_nothing() {
         "{leftovers:?}"
     );
 }
+
+#[test]
+fn head_emu_backend_matches_cpu_within_the_parity_tolerance() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = problem(
+        31,
+        Spec {
+            vocab: 513,
+            responses: 10,
+            ..Spec::default()
+        },
+    );
+    let input = dir.path().join("in.safetensors");
+    write_input(&input, &d, false, "");
+    let mut outs = Vec::new();
+    for backend in ["cpu", "emu"] {
+        let output = dir.path().join(format!("out_{backend}.safetensors"));
+        let st = aem()
+            .args(["head", "--backend", backend, "--input"])
+            .arg(&input)
+            .arg("--output")
+            .arg(&output)
+            .args(["--kl-coef", "0.1", "--grad-dtype", "f16"])
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        outs.push(TensorFile::open(&output).unwrap());
+    }
+    // The same rule as tests/parity_loss_head.rs, applied to what the files hold.
+    let cfg = HeadConfig {
+        kl_coef: 0.1,
+        ..HeadConfig::default()
+    };
+    let f32path = aem::cpu::loss_head::<f32, half::f16>(&d.inputs(), &cfg).unwrap();
+    let r64 = aem::cpu::loss_head::<f64, f64>(&d.inputs(), &cfg).unwrap();
+    let emu = outs[1].f32("entropy").unwrap().data;
+    let e64 = &r64.fwd.tokens.entropy;
+    let zmax = d
+        .logits
+        .iter()
+        .fold(0.0f64, |m, x| m.max(f64::from(x.to_f32()).abs()));
+    common::within(
+        "entropy",
+        &emu.iter().map(|&x| f64::from(x)).collect::<Vec<_>>(),
+        e64,
+        &f32path
+            .fwd
+            .tokens
+            .entropy
+            .iter()
+            .map(|&x| f64::from(x))
+            .collect::<Vec<_>>(),
+        zmax,
+        "aem head --backend emu",
+    );
+    let g_emu: Vec<f64> = outs[1]
+        .f16("dlogits")
+        .unwrap()
+        .data
+        .iter()
+        .map(|x| f64::from(x.to_f32()))
+        .collect();
+    let g32: Vec<f64> = f32path
+        .dlogits
+        .iter()
+        .map(|x| f64::from(x.to_f32()))
+        .collect();
+    common::within(
+        "dlogits",
+        &g_emu,
+        &r64.dlogits,
+        &g32,
+        0.0,
+        "aem head --backend emu",
+    );
+    let (lc, le) = (
+        outs[0].f32("loss").unwrap().data[0],
+        outs[1].f32("loss").unwrap().data[0],
+    );
+    assert!(
+        (lc - le).abs() <= 1e-5 * (1.0 + lc.abs()),
+        "loss cpu {lc} vs emu {le}"
+    );
+}
