@@ -1,7 +1,14 @@
-//! Loss-head throughput. Groups by stem: `loss_head_fwd/<executor>`, `loss_head_bwd/<executor>`.
-//! Shapes: T = 4096, V = 32000 by default (`AEM_BENCH_T`, `AEM_BENCH_V` override).
+//! Loss-head throughput. Groups by stem: `loss_head_fwd/<executor>`, `loss_head_bwd/<executor>`,
+//! `loss_head_fused/<executor>`, and `device_copy/cuda` (the measured bandwidth the kernels are
+//! held to).
+//!
+//! CPU reference: T = 4096, V = 32000 by default (`AEM_BENCH_T`, `AEM_BENCH_V` override).
+//! GPU (skipped, with a printed reason, when no CUDA device is present; the emulator is never
+//! timed): T = 16384, V ∈ {32000, 151936} (`AEM_BENCH_GPU_T` overrides T); inputs are uploaded
+//! once and each iteration launches and synchronises.
 //! Bytes counted: forward reads T·V·2 (f16 logits) and writes 3·T·4 (logp, entropy, lse);
-//! backward reads T·V·2 and writes T·V·4 (f32 dlogits).
+//! backward reads T·V·2 and writes T·V·2 (f16 dlogits) or T·V·4 (f32); the fused
+//! forward+backward reads T·V·2 once when the row fits in shared memory and writes T·V·2.
 
 use aem::cpu;
 use aem::head::{self, HeadConfig, HeadInputs};
@@ -103,5 +110,104 @@ fn bench_cpu(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_cpu);
+fn bench_gpu(c: &mut Criterion) {
+    use aem::device::Device;
+    use aem::head::file::GradDtype;
+    use aem::head::launch::{BackwardPlan, DeviceHead, ForwardPlan, Plan, TokenStatsKernel};
+    let dev = match Device::cuda(0) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("GPU benches SKIPPED: {e}");
+            return;
+        }
+    };
+    eprintln!("GPU benches on {}", dev.name());
+    let t = env_usize("AEM_BENCH_GPU_T", 16384);
+    for v in [32000usize, 151936] {
+        let b = Batch::new(t, v);
+        let inp = b.inputs();
+        let cfg = HeadConfig::default();
+        let tv = (t * v) as u64;
+        let shape = format!("T{t}xV{v}");
+
+        // Device bandwidth: a device-to-device copy of the logits (reads and writes T·V·2).
+        let src = dev.htod(&b.logits).expect("upload");
+        let mut dst = dev.zeros::<f16>(t * v).expect("alloc");
+        let mut g = c.benchmark_group("device_copy");
+        g.sample_size(20);
+        g.throughput(Throughput::Bytes(4 * tv));
+        g.bench_function(format!("cuda/{shape}"), |bch| {
+            bch.iter(|| {
+                dev.copy(&src, &mut dst).expect("copy");
+                dev.synchronize().expect("sync");
+            })
+        });
+        g.finish();
+        drop((src, dst));
+
+        let mut h = DeviceHead::upload(&dev, &inp, &cfg, GradDtype::F16, false).expect("upload");
+        let mut g = c.benchmark_group("loss_head_fwd");
+        g.sample_size(20);
+        g.throughput(Throughput::Bytes(2 * tv + 12 * t as u64));
+        for (name, fwd) in [
+            ("fused_v1", ForwardPlan::Fused),
+            ("token_stats_v2", ForwardPlan::Unfused(TokenStatsKernel::V2)),
+        ] {
+            for block in [256u32, 1024] {
+                let plan = Plan {
+                    forward: fwd,
+                    block,
+                    ..Plan::default()
+                };
+                g.bench_function(format!("cuda_{name}_b{block}/{shape}"), |bch| {
+                    bch.iter(|| {
+                        h.forward(&dev, &plan).expect("forward");
+                        dev.synchronize().expect("sync");
+                    })
+                });
+            }
+        }
+        g.finish();
+        h.forward(&dev, &Plan::default()).expect("forward");
+        let mut g = c.benchmark_group("loss_head_bwd");
+        g.sample_size(20);
+        g.throughput(Throughput::Bytes(4 * tv));
+        for block in [256u32, 1024] {
+            let plan = Plan {
+                backward: BackwardPlan::Separate,
+                block,
+                ..Plan::default()
+            };
+            g.bench_function(format!("cuda_policy_grad_f16_b{block}/{shape}"), |bch| {
+                bch.iter(|| {
+                    h.backward(&dev, &plan).expect("backward");
+                    dev.synchronize().expect("sync");
+                })
+            });
+        }
+        g.finish();
+        let mut g = c.benchmark_group("loss_head_fused");
+        g.sample_size(20);
+        g.throughput(Throughput::Bytes(4 * tv));
+        for row_cache in [true, false] {
+            let plan = Plan {
+                backward: BackwardPlan::Fused { row_cache },
+                block: 1024,
+                ..Plan::default()
+            };
+            g.bench_function(
+                format!("cuda_f16_cache{}/{shape}", u8::from(row_cache)),
+                |bch| {
+                    bch.iter(|| {
+                        h.backward(&dev, &plan).expect("backward");
+                        dev.synchronize().expect("sync");
+                    })
+                },
+            );
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench_cpu, bench_gpu);
 criterion_main!(benches);

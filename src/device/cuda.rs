@@ -108,6 +108,10 @@ impl CudaDevice {
         Ok(v)
     }
 
+    pub(super) fn copy<T: Elem>(&self, src: &CudaSlice<T>, dst: &mut CudaSlice<T>) -> Result<()> {
+        self.stream.memcpy_dtod(src, dst).map_err(drv)
+    }
+
     pub(super) fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(drv)
     }

@@ -264,6 +264,27 @@ impl Device {
         }
     }
 
+    /// Copies `src` into `dst` on the device (same length); used to measure device bandwidth.
+    pub fn copy<T: Elem>(&self, src: &DevBuf<T>, dst: &mut DevBuf<T>) -> Result<()> {
+        if src.len != dst.len {
+            return Err(Error::shape(
+                "copy",
+                format!("({})", dst.len),
+                format!("({})", src.len),
+            ));
+        }
+        match (&src.inner, &mut dst.inner, self) {
+            (BufInner::Emu(a), BufInner::Emu(b), Device::Emu(_)) => {
+                b.write(&a.to_vec());
+                Ok(())
+            }
+            #[cfg(feature = "cuda")]
+            (BufInner::Cuda(a), BufInner::Cuda(b), Device::Cuda(d)) => d.copy(a, b),
+            #[allow(unreachable_patterns)]
+            _ => Err(foreign()),
+        }
+    }
+
     /// Launches `kernel` (looked up in the modules build.rs made) with `args` in signature order.
     pub fn launch(&self, kernel: &'static str, cfg: LaunchCfg, args: &[Arg]) -> Result<()> {
         if cfg.grid == 0 {

@@ -91,6 +91,371 @@ fn i32_of(arg: &'static str, n: usize) -> Result<i32> {
     i32::try_from(n).map_err(|_| Error::shape(arg, "a count below 2^31", n))
 }
 
+/// The loss head's buffers on a device: inputs uploaded once, outputs kept on the device until
+/// [`DeviceHead::download`]. [`DeviceHead::forward`] and [`DeviceHead::backward`] only launch
+/// kernels, so they are what a benchmark times and what a trainer calls per step.
+pub struct DeviceHead {
+    /// (T, V, R, G) as the kernels take them.
+    dims: (i32, i32, i32, i32),
+    t: usize,
+    v: usize,
+    r: usize,
+    g: usize,
+    p: HeadParams,
+    /// logits: (T, V) f16
+    pub logits: DevBuf<f16>,
+    targets: DevBuf<u32>,
+    row_resp: DevBuf<i32>,
+    resp_start: DevBuf<u32>,
+    resp_len: DevBuf<u32>,
+    resp_group: DevBuf<u32>,
+    grp_offsets: DevBuf<u32>,
+    grp_members: DevBuf<u32>,
+    adv_base: DevBuf<f32>,
+    old_logp: Option<DevBuf<f32>>,
+    ref_logp: Option<DevBuf<f32>>,
+    /// logp, entropy, lse, token_loss: (T) f32
+    pub logp: DevBuf<f32>,
+    pub entropy: DevBuf<f32>,
+    pub lse: DevBuf<f32>,
+    pub token_loss: DevBuf<f32>,
+    /// surprisal, mean_entropy, alpha, adv: (R) f32
+    pub surprisal: DevBuf<f32>,
+    pub mean_entropy: DevBuf<f32>,
+    pub alpha: DevBuf<f32>,
+    pub adv: DevBuf<f32>,
+    /// loss: (1) f32
+    pub loss: DevBuf<f32>,
+    bad_count: DevBuf<u32>,
+    first_bad: DevBuf<u32>,
+    resp_done: DevBuf<u32>,
+    grp_done: DevBuf<u32>,
+    /// dlogits: (T, V), f16 or f32 (absent for an in-place f16 gradient, which is `logits`).
+    grad16: Option<DevBuf<f16>>,
+    grad32: Option<DevBuf<f32>>,
+    dtype: GradDtype,
+}
+
+fn check_block(b: u32) -> Result<()> {
+    if b == 0 || b % 32 != 0 || b > 1024 {
+        return Err(Error::config(
+            "block",
+            f64::from(b),
+            "must be a multiple of 32 in 32..=1024",
+        ));
+    }
+    Ok(())
+}
+
+impl DeviceHead {
+    /// Validates `inp` on the host and uploads it; allocates every output and workspace.
+    pub fn upload(
+        dev: &Device,
+        inp: &HeadInputs,
+        cfg: &HeadConfig,
+        dtype: GradDtype,
+        in_place: bool,
+    ) -> Result<Self> {
+        let layout = validate(inp, cfg)?;
+        let (t, v, r, g) = (inp.rows(), inp.vocab, inp.responses(), inp.n_groups);
+        let dims = (
+            i32_of("T", t)?,
+            i32_of("V", v)?,
+            i32_of("R", r)?,
+            i32_of("G", g)?,
+        );
+        let tv = t
+            .checked_mul(v)
+            .ok_or_else(|| Error::shape("logits", "T*V < 2^64", t))?;
+        let in_place = in_place && dtype == GradDtype::F16;
+        Ok(DeviceHead {
+            dims,
+            t,
+            v,
+            r,
+            g,
+            p: params(cfg, &layout, inp.old_logp.is_some()),
+            logits: dev.htod(inp.logits)?,
+            targets: dev.htod(inp.targets)?,
+            row_resp: dev.htod(&layout.row_resp)?,
+            resp_start: dev.htod(inp.resp_start)?,
+            resp_len: dev.htod(inp.resp_len)?,
+            resp_group: dev.htod(inp.resp_group)?,
+            grp_offsets: dev.htod(&layout.grp_offsets)?,
+            grp_members: dev.htod(&layout.grp_members)?,
+            adv_base: dev.htod(inp.adv_base)?,
+            old_logp: inp.old_logp.map(|o| dev.htod(o)).transpose()?,
+            ref_logp: inp.ref_logp.map(|o| dev.htod(o)).transpose()?,
+            logp: dev.zeros(t)?,
+            entropy: dev.zeros(t)?,
+            lse: dev.zeros(t)?,
+            token_loss: dev.zeros(t)?,
+            surprisal: dev.zeros(r)?,
+            mean_entropy: dev.zeros(r)?,
+            alpha: dev.zeros(r)?,
+            adv: dev.zeros(r)?,
+            loss: dev.zeros(1)?,
+            bad_count: dev.zeros(1)?,
+            first_bad: dev.htod(&[u32::MAX])?,
+            resp_done: dev.zeros(r)?,
+            grp_done: dev.zeros(g)?,
+            grad16: (dtype == GradDtype::F16 && !in_place)
+                .then(|| dev.zeros(tv))
+                .transpose()?,
+            grad32: (dtype == GradDtype::F32)
+                .then(|| dev.zeros(tv))
+                .transpose()?,
+            dtype,
+        })
+    }
+
+    fn row_grid(&self, block: u32) -> Result<LaunchCfg> {
+        let grid = u32::try_from(self.t).map_err(|_| Error::shape("T", "< 2^32", self.t))?;
+        Ok(LaunchCfg {
+            grid,
+            block,
+            smem: 0,
+        })
+    }
+
+    fn reset_counters(&mut self, dev: &Device) -> Result<()> {
+        dev.write(&mut self.bad_count, &[0])?;
+        dev.write(&mut self.first_bad, &[u32::MAX])
+    }
+
+    /// Token stats, response stats, α and the rescaled advantage (launches only).
+    pub fn forward(&mut self, dev: &Device, plan: &Plan) -> Result<()> {
+        let b = plan.block;
+        check_block(b)?;
+        self.reset_counters(dev)?;
+        let (ti, vi, ri, gi) = self.dims;
+        let p = self.p;
+        let row_grid = self.row_grid(b)?;
+        match plan.forward {
+            ForwardPlan::Unfused(k) => {
+                let (name, grid) = match k {
+                    TokenStatsKernel::V1 => ("token_stats_f16_v1", blocks(self.t, b)?),
+                    TokenStatsKernel::V2 => ("token_stats_f16_v2", row_grid.grid),
+                    TokenStatsKernel::V3 => ("token_stats_f16_v3", blocks(self.t, b / 32)?),
+                };
+                dev.launch(
+                    name,
+                    LaunchCfg {
+                        grid,
+                        block: b,
+                        smem: 0,
+                    },
+                    &[
+                        self.logits.arg(),
+                        self.targets.arg(),
+                        Arg::I32(ti),
+                        Arg::I32(vi),
+                        self.logp.arg(),
+                        self.entropy.arg(),
+                        self.lse.arg(),
+                        self.bad_count.arg(),
+                        self.first_bad.arg(),
+                        Arg::Params(p),
+                    ],
+                )?;
+                dev.launch(
+                    "resp_stats_v1",
+                    LaunchCfg {
+                        grid: blocks(self.r, b)?,
+                        block: b,
+                        smem: 0,
+                    },
+                    &[
+                        self.logp.arg(),
+                        self.entropy.arg(),
+                        self.resp_start.arg(),
+                        self.resp_len.arg(),
+                        Arg::I32(ri),
+                        self.surprisal.arg(),
+                        self.mean_entropy.arg(),
+                    ],
+                )?;
+                dev.launch(
+                    "aem_alpha_v1",
+                    LaunchCfg {
+                        grid: blocks(self.g, b)?,
+                        block: b,
+                        smem: 0,
+                    },
+                    &[
+                        self.mean_entropy.arg(),
+                        self.adv_base.arg(),
+                        self.grp_offsets.arg(),
+                        self.grp_members.arg(),
+                        Arg::I32(gi),
+                        self.alpha.arg(),
+                        self.adv.arg(),
+                        Arg::Params(p),
+                    ],
+                )?;
+            }
+            ForwardPlan::Fused => {
+                dev.launch(
+                    "loss_head_fwd_v1",
+                    row_grid,
+                    &[
+                        self.logits.arg(),
+                        self.targets.arg(),
+                        self.row_resp.arg(),
+                        self.resp_start.arg(),
+                        self.resp_len.arg(),
+                        self.resp_group.arg(),
+                        self.grp_offsets.arg(),
+                        self.grp_members.arg(),
+                        self.adv_base.arg(),
+                        Arg::I32(ti),
+                        Arg::I32(vi),
+                        self.logp.arg(),
+                        self.entropy.arg(),
+                        self.lse.arg(),
+                        self.surprisal.arg(),
+                        self.mean_entropy.arg(),
+                        self.alpha.arg(),
+                        self.adv.arg(),
+                        self.resp_done.arg(),
+                        self.grp_done.arg(),
+                        self.bad_count.arg(),
+                        self.first_bad.arg(),
+                        Arg::Params(p),
+                    ],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Per-token loss, the gradient into the logits and the scalar loss (launches only), from
+    /// the advantages of the last [`DeviceHead::forward`].
+    pub fn backward(&mut self, dev: &Device, plan: &Plan) -> Result<()> {
+        let b = plan.block;
+        check_block(b)?;
+        let (ti, vi, _, _) = self.dims;
+        let p = self.p;
+        let row_grid = self.row_grid(b)?;
+        let f16 = self.dtype == GradDtype::F16;
+        let dst = match (&self.grad16, &self.grad32) {
+            (Some(g16), _) => g16.arg(),
+            (_, Some(g32)) => g32.arg(),
+            _ => self.logits.arg(), // in place
+        };
+        match plan.backward {
+            BackwardPlan::Separate => dev.launch(
+                if f16 {
+                    "policy_grad_f16_v1"
+                } else {
+                    "policy_grad_f32_v1"
+                },
+                row_grid,
+                &[
+                    self.logits.arg(),
+                    self.targets.arg(),
+                    self.row_resp.arg(),
+                    self.resp_len.arg(),
+                    self.adv.arg(),
+                    self.logp.arg(),
+                    self.entropy.arg(),
+                    self.lse.arg(),
+                    opt(&self.old_logp),
+                    opt(&self.ref_logp),
+                    Arg::I32(ti),
+                    Arg::I32(vi),
+                    dst,
+                    self.token_loss.arg(),
+                    Arg::Params(p),
+                ],
+            )?,
+            BackwardPlan::Fused { row_cache } => {
+                // The cache holds the row plus 8 halves of alignment slack, rounded to 16 bytes.
+                let need = (2 * (self.v as u64 + 8)).div_ceil(16) * 16;
+                let cache = if row_cache && need <= u64::from(dev.max_dyn_smem()) {
+                    need as u32 // ≤ max_dyn_smem, a u32
+                } else {
+                    0
+                };
+                dev.launch(
+                    if f16 {
+                        "loss_head_fused_f16_v1"
+                    } else {
+                        "loss_head_fused_f32_v1"
+                    },
+                    LaunchCfg {
+                        smem: cache,
+                        ..row_grid
+                    },
+                    &[
+                        self.logits.arg(),
+                        self.targets.arg(),
+                        self.row_resp.arg(),
+                        self.resp_len.arg(),
+                        self.adv.arg(),
+                        opt(&self.old_logp),
+                        opt(&self.ref_logp),
+                        Arg::I32(ti),
+                        Arg::I32(vi),
+                        Arg::U32(cache),
+                        dst,
+                        self.logp.arg(),
+                        self.entropy.arg(),
+                        self.lse.arg(),
+                        self.token_loss.arg(),
+                        self.bad_count.arg(),
+                        self.first_bad.arg(),
+                        Arg::Params(p),
+                    ],
+                )?;
+            }
+        }
+        dev.launch(
+            "loss_reduce_v1",
+            LaunchCfg {
+                grid: 1,
+                block: b,
+                smem: 0,
+            },
+            &[
+                self.token_loss.arg(),
+                self.row_resp.arg(),
+                self.resp_len.arg(),
+                Arg::I32(ti),
+                self.loss.arg(),
+                Arg::Params(p),
+            ],
+        )
+    }
+
+    /// Reports rows the kernels found non-finite since the last forward (one small download).
+    pub fn check(&self, dev: &Device) -> Result<()> {
+        check_bad(dev, &self.bad_count, &self.first_bad)
+    }
+
+    /// Downloads every output.
+    pub fn download(&self, dev: &Device) -> Result<HeadResult> {
+        dev.synchronize()?;
+        let dlogits = match (&self.grad16, &self.grad32) {
+            (Some(g), _) => GradOut::F16(dev.dtoh(g)?),
+            (_, Some(g)) => GradOut::F32(dev.dtoh(g)?),
+            _ => GradOut::F16(dev.dtoh(&self.logits)?),
+        };
+        Ok(HeadResult {
+            logp: dev.dtoh(&self.logp)?,
+            entropy: dev.dtoh(&self.entropy)?,
+            lse: dev.dtoh(&self.lse)?,
+            token_loss: dev.dtoh(&self.token_loss)?,
+            resp_surprisal: dev.dtoh(&self.surprisal)?,
+            resp_mean_entropy: dev.dtoh(&self.mean_entropy)?,
+            alpha: dev.dtoh(&self.alpha)?,
+            adv: dev.dtoh(&self.adv)?,
+            loss: dev.dtoh(&self.loss)?.first().copied().unwrap_or(0.0),
+            dlogits,
+        })
+    }
+}
+
 /// Runs the head on `dev` and downloads every output.
 pub fn loss_head(
     dev: &Device,
@@ -99,278 +464,13 @@ pub fn loss_head(
     dtype: GradDtype,
     plan: &Plan,
 ) -> Result<HeadResult> {
-    let b = plan.block;
-    if b == 0 || b % 32 != 0 || b > 1024 {
-        return Err(Error::config(
-            "block",
-            f64::from(b),
-            "must be a multiple of 32 in 32..=1024",
-        ));
-    }
-    let layout = validate(inp, cfg)?;
-    let (t, v, r, g) = (inp.rows(), inp.vocab, inp.responses(), inp.n_groups);
-    let (ti, vi, ri, gi) = (
-        i32_of("T", t)?,
-        i32_of("V", v)?,
-        i32_of("R", r)?,
-        i32_of("G", g)?,
-    );
-    let p = params(cfg, &layout, inp.old_logp.is_some());
-
-    let logits = dev.htod(inp.logits)?;
-    let targets = dev.htod(inp.targets)?;
-    let row_resp = dev.htod(&layout.row_resp)?;
-    let resp_start = dev.htod(inp.resp_start)?;
-    let resp_len = dev.htod(inp.resp_len)?;
-    let resp_group = dev.htod(inp.resp_group)?;
-    let grp_offsets = dev.htod(&layout.grp_offsets)?;
-    let grp_members = dev.htod(&layout.grp_members)?;
-    let adv_base = dev.htod(inp.adv_base)?;
-    let old_logp = inp.old_logp.map(|o| dev.htod(o)).transpose()?;
-    let ref_logp = inp.ref_logp.map(|o| dev.htod(o)).transpose()?;
-
-    let logp = dev.zeros::<f32>(t)?;
-    let entropy = dev.zeros::<f32>(t)?;
-    let lse = dev.zeros::<f32>(t)?;
-    let surprisal = dev.zeros::<f32>(r)?;
-    let mean_entropy = dev.zeros::<f32>(r)?;
-    let alpha = dev.zeros::<f32>(r)?;
-    let adv = dev.zeros::<f32>(r)?;
-    let token_loss = dev.zeros::<f32>(t)?;
-    let loss = dev.zeros::<f32>(1)?;
-    let bad_count = dev.zeros::<u32>(1)?;
-    let first_bad = dev.htod(&[u32::MAX])?;
-
-    // ---- forward: token stats, response stats, α and the rescaled advantage
-    let row_grid = LaunchCfg {
-        grid: u32::try_from(t).map_err(|_| Error::shape("T", "< 2^32", t))?,
-        block: b,
-        smem: 0,
-    };
-    match plan.forward {
-        ForwardPlan::Unfused(k) => {
-            let (name, grid) = match k {
-                TokenStatsKernel::V1 => ("token_stats_f16_v1", blocks(t, b)?),
-                TokenStatsKernel::V2 => ("token_stats_f16_v2", row_grid.grid),
-                TokenStatsKernel::V3 => ("token_stats_f16_v3", blocks(t, b / 32)?),
-            };
-            dev.launch(
-                name,
-                LaunchCfg {
-                    grid,
-                    block: b,
-                    smem: 0,
-                },
-                &[
-                    logits.arg(),
-                    targets.arg(),
-                    Arg::I32(ti),
-                    Arg::I32(vi),
-                    logp.arg(),
-                    entropy.arg(),
-                    lse.arg(),
-                    bad_count.arg(),
-                    first_bad.arg(),
-                    Arg::Params(p),
-                ],
-            )?;
-            dev.launch(
-                "resp_stats_v1",
-                LaunchCfg {
-                    grid: blocks(r, b)?,
-                    block: b,
-                    smem: 0,
-                },
-                &[
-                    logp.arg(),
-                    entropy.arg(),
-                    resp_start.arg(),
-                    resp_len.arg(),
-                    Arg::I32(ri),
-                    surprisal.arg(),
-                    mean_entropy.arg(),
-                ],
-            )?;
-            dev.launch(
-                "aem_alpha_v1",
-                LaunchCfg {
-                    grid: blocks(g, b)?,
-                    block: b,
-                    smem: 0,
-                },
-                &[
-                    mean_entropy.arg(),
-                    adv_base.arg(),
-                    grp_offsets.arg(),
-                    grp_members.arg(),
-                    Arg::I32(gi),
-                    alpha.arg(),
-                    adv.arg(),
-                    Arg::Params(p),
-                ],
-            )?;
-        }
-        ForwardPlan::Fused => {
-            let resp_done = dev.zeros::<u32>(r)?;
-            let grp_done = dev.zeros::<u32>(g)?;
-            dev.launch(
-                "loss_head_fwd_v1",
-                row_grid,
-                &[
-                    logits.arg(),
-                    targets.arg(),
-                    row_resp.arg(),
-                    resp_start.arg(),
-                    resp_len.arg(),
-                    resp_group.arg(),
-                    grp_offsets.arg(),
-                    grp_members.arg(),
-                    adv_base.arg(),
-                    Arg::I32(ti),
-                    Arg::I32(vi),
-                    logp.arg(),
-                    entropy.arg(),
-                    lse.arg(),
-                    surprisal.arg(),
-                    mean_entropy.arg(),
-                    alpha.arg(),
-                    adv.arg(),
-                    resp_done.arg(),
-                    grp_done.arg(),
-                    bad_count.arg(),
-                    first_bad.arg(),
-                    Arg::Params(p),
-                ],
-            )?;
-        }
-    }
-    check_bad(dev, &bad_count, &first_bad)?;
-
-    // ---- backward: per-token loss and the gradient into the logits
-    let in_place = plan.in_place && dtype == GradDtype::F16;
-    let grad16 = if dtype == GradDtype::F16 && !in_place {
-        Some(dev.zeros::<f16>(t * v)?)
-    } else {
-        None
-    };
-    let grad32 = if dtype == GradDtype::F32 {
-        Some(dev.zeros::<f32>(t * v)?)
-    } else {
-        None
-    };
-    let kname = |base: &str| -> &'static str {
-        match (base, dtype) {
-            ("grad", GradDtype::F16) => "policy_grad_f16_v1",
-            ("grad", GradDtype::F32) => "policy_grad_f32_v1",
-            (_, GradDtype::F16) => "loss_head_fused_f16_v1",
-            (_, GradDtype::F32) => "loss_head_fused_f32_v1",
-        }
-    };
-    {
-        // The gradient's destination: a separate buffer, or the logits themselves (in place).
-        let dst = match (&grad16, &grad32) {
-            (Some(g16), _) => g16.arg(),
-            (_, Some(g32)) => g32.arg(),
-            _ => logits.arg(),
-        };
-        match plan.backward {
-            BackwardPlan::Separate => dev.launch(
-                kname("grad"),
-                row_grid,
-                &[
-                    logits.arg(),
-                    targets.arg(),
-                    row_resp.arg(),
-                    resp_len.arg(),
-                    adv.arg(),
-                    logp.arg(),
-                    entropy.arg(),
-                    lse.arg(),
-                    opt(&old_logp),
-                    opt(&ref_logp),
-                    Arg::I32(ti),
-                    Arg::I32(vi),
-                    dst,
-                    token_loss.arg(),
-                    Arg::Params(p),
-                ],
-            )?,
-            BackwardPlan::Fused { row_cache } => {
-                // The cache holds the row plus 8 halves of alignment slack, rounded to 16 bytes.
-                let need = (2 * (v as u64 + 8)).div_ceil(16) * 16;
-                let cache = if row_cache && need <= u64::from(dev.max_dyn_smem()) {
-                    need as u32
-                } else {
-                    0
-                };
-                dev.launch(
-                    kname("fused"),
-                    LaunchCfg {
-                        smem: cache,
-                        ..row_grid
-                    },
-                    &[
-                        logits.arg(),
-                        targets.arg(),
-                        row_resp.arg(),
-                        resp_len.arg(),
-                        adv.arg(),
-                        opt(&old_logp),
-                        opt(&ref_logp),
-                        Arg::I32(ti),
-                        Arg::I32(vi),
-                        Arg::U32(cache),
-                        dst,
-                        logp.arg(),
-                        entropy.arg(),
-                        lse.arg(),
-                        token_loss.arg(),
-                        bad_count.arg(),
-                        first_bad.arg(),
-                        Arg::Params(p),
-                    ],
-                )?;
-            }
-        }
-    }
-    if matches!(plan.backward, BackwardPlan::Fused { .. }) {
-        check_bad(dev, &bad_count, &first_bad)?;
-    }
-    dev.launch(
-        "loss_reduce_v1",
-        LaunchCfg {
-            grid: 1,
-            block: b,
-            smem: 0,
-        },
-        &[
-            token_loss.arg(),
-            row_resp.arg(),
-            resp_len.arg(),
-            Arg::I32(ti),
-            loss.arg(),
-            Arg::Params(p),
-        ],
-    )?;
-    dev.synchronize()?;
-
-    let dlogits = match (grad16, grad32) {
-        (Some(g), _) => GradOut::F16(dev.dtoh(&g)?),
-        (_, Some(g)) => GradOut::F32(dev.dtoh(&g)?),
-        _ => GradOut::F16(dev.dtoh(&logits)?),
-    };
-    Ok(HeadResult {
-        logp: dev.dtoh(&logp)?,
-        entropy: dev.dtoh(&entropy)?,
-        lse: dev.dtoh(&lse)?,
-        token_loss: dev.dtoh(&token_loss)?,
-        resp_surprisal: dev.dtoh(&surprisal)?,
-        resp_mean_entropy: dev.dtoh(&mean_entropy)?,
-        alpha: dev.dtoh(&alpha)?,
-        adv: dev.dtoh(&adv)?,
-        loss: dev.dtoh(&loss)?.first().copied().unwrap_or(0.0),
-        dlogits,
-    })
+    check_block(plan.block)?;
+    let mut h = DeviceHead::upload(dev, inp, cfg, dtype, plan.in_place)?;
+    h.forward(dev, plan)?;
+    h.check(dev)?;
+    h.backward(dev, plan)?;
+    h.check(dev)?;
+    h.download(dev)
 }
 
 /// Turns the kernels' count of non-finite rows into the error host validation would give.
