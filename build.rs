@@ -139,10 +139,17 @@ fn main() {
         .include(&kdir)
         .file(kdir.join("emu/emu_runtime.cpp"))
         .file(&tu_path);
-    if env::var("AEM_EMU_ASAN").is_ok_and(|v| v == "1") {
+    // AEM_EMU_ASAN=1: the emulator and kernels under AddressSanitizer. The Rust binary is not
+    // instrumented, so the runtime is linked here and must be preloaded when running
+    // (`.ci/asan_parity` shows how).
+    let asan = env::var("AEM_EMU_ASAN").is_ok_and(|v| v == "1");
+    if asan {
         b.flag("-fsanitize=address").flag("-fno-omit-frame-pointer");
     }
     b.compile("aem_emu");
+    if asan {
+        println!("cargo:rustc-link-lib=dylib=asan");
+    }
     println!("cargo:rustc-link-lib=pthread");
 
     // ---- GPU images

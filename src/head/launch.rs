@@ -218,9 +218,13 @@ impl DeviceHead {
         })
     }
 
+    /// Zeroes the kernels' counters. The fused forward leaves its completion counters at zero
+    /// when it finishes, but a failed launch may not, so they are reset every time (R + G words).
     fn reset_counters(&mut self, dev: &Device) -> Result<()> {
         dev.write(&mut self.bad_count, &[0])?;
-        dev.write(&mut self.first_bad, &[u32::MAX])
+        dev.write(&mut self.first_bad, &[u32::MAX])?;
+        dev.write(&mut self.resp_done, &vec![0; self.r])?;
+        dev.write(&mut self.grp_done, &vec![0; self.g])
     }
 
     /// Token stats, response stats, α and the rescaled advantage (launches only).
