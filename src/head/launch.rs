@@ -2,7 +2,7 @@
 //! written once for both executors. Argument order is the kernels' (`kernels/loss_head.cu`).
 
 use super::file::{GradDtype, GradOut, HeadResult};
-use super::{validate, HeadConfig, HeadInputs, Layout};
+use super::{validate, validate_layout_for, HeadConfig, HeadInputs, Layout};
 use crate::device::{Arg, DevBuf, Device, HeadParams, LaunchCfg};
 use crate::error::{Error, Result};
 use half::f16;
@@ -99,7 +99,105 @@ pub fn loss_head(
     dtype: GradDtype,
     plan: &Plan,
 ) -> Result<HeadResult> {
-    let b = plan.block;
+    check_block(plan.block)?;
+    let layout = validate(inp, cfg)?;
+    let mut logits = dev.htod(inp.logits)?;
+    let t = inp.rows();
+    let v = inp.vocab;
+    let in_place = plan.in_place && dtype == GradDtype::F16;
+    let mut grad16 = if dtype == GradDtype::F16 && !in_place {
+        Some(dev.zeros::<f16>(t * v)?)
+    } else {
+        None
+    };
+    let mut grad32 = if dtype == GradDtype::F32 {
+        Some(dev.zeros::<f32>(t * v)?)
+    } else {
+        None
+    };
+    let dst = match (grad16.as_mut(), grad32.as_mut()) {
+        (Some(g), _) => GradDst::F16(g),
+        (_, Some(g)) => GradDst::F32(g),
+        _ => GradDst::InPlace,
+    };
+    let s = run(dev, &mut logits, inp, &layout, cfg, dst, plan)?;
+    let dlogits = match (grad16, grad32) {
+        (Some(g), _) => GradOut::F16(dev.dtoh(&g)?),
+        (_, Some(g)) => GradOut::F32(dev.dtoh(&g)?),
+        _ => GradOut::F16(dev.dtoh(&logits)?),
+    };
+    Ok(HeadResult {
+        logp: s.logp,
+        entropy: s.entropy,
+        lse: s.lse,
+        token_loss: s.token_loss,
+        resp_surprisal: s.resp_surprisal,
+        resp_mean_entropy: s.resp_mean_entropy,
+        alpha: s.alpha,
+        adv: s.adv,
+        loss: s.loss,
+        dlogits,
+    })
+}
+
+/// Where the head writes dlogits (T, V).
+pub enum GradDst<'a> {
+    /// A separate f16 buffer of T·V elements.
+    F16(&'a mut DevBuf<f16>),
+    /// A separate f32 buffer of T·V elements.
+    F32(&'a mut DevBuf<f32>),
+    /// Over the logits (f16).
+    InPlace,
+}
+
+/// Everything the head computes but the gradient, downloaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadStats {
+    /// logp, entropy, lse, token_loss: (T) f32
+    pub logp: Vec<f32>,
+    pub entropy: Vec<f32>,
+    pub lse: Vec<f32>,
+    pub token_loss: Vec<f32>,
+    /// resp_surprisal, resp_mean_entropy, alpha, adv: (R) f32
+    pub resp_surprisal: Vec<f32>,
+    pub resp_mean_entropy: Vec<f32>,
+    pub alpha: Vec<f32>,
+    pub adv: Vec<f32>,
+    /// The scalar loss.
+    pub loss: f32,
+}
+
+/// The head on logits that already live on `dev` (a model's output): the same launches as
+/// [`loss_head`], with dlogits left on the device in `grad`. `logits` (T, V) f16 stands for
+/// `inp.logits`, which is not read (pass `&[]`). The logits are not scanned on the host: a
+/// non-finite logit is reported by the kernels as `Error::NonFinite` for its row.
+pub fn loss_head_resident(
+    dev: &Device,
+    logits: &mut DevBuf<f16>,
+    inp: &HeadInputs,
+    cfg: &HeadConfig,
+    grad: GradDst<'_>,
+    plan: &Plan,
+) -> Result<HeadStats> {
+    check_block(plan.block)?;
+    let layout = validate_layout_for(inp, cfg, logits.len())?;
+    let tv = inp.rows() * inp.vocab; // no overflow: validate_layout_for checked T·V
+    let glen = match &grad {
+        GradDst::F16(g) => g.len(),
+        GradDst::F32(g) => g.len(),
+        GradDst::InPlace => tv,
+    };
+    if glen != tv {
+        return Err(Error::shape(
+            "dlogits",
+            format!("(T, V) = {tv} elements"),
+            glen,
+        ));
+    }
+    run(dev, logits, inp, &layout, cfg, grad, plan)
+}
+
+fn check_block(b: u32) -> Result<()> {
     if b == 0 || b % 32 != 0 || b > 1024 {
         return Err(Error::config(
             "block",
@@ -107,7 +205,20 @@ pub fn loss_head(
             "must be a multiple of 32 in 32..=1024",
         ));
     }
-    let layout = validate(inp, cfg)?;
+    Ok(())
+}
+
+/// The launches of the head, forward then backward, on validated inputs.
+fn run(
+    dev: &Device,
+    logits: &mut DevBuf<f16>,
+    inp: &HeadInputs,
+    layout: &Layout,
+    cfg: &HeadConfig,
+    grad: GradDst<'_>,
+    plan: &Plan,
+) -> Result<HeadStats> {
+    let b = plan.block;
     let (t, v, r, g) = (inp.rows(), inp.vocab, inp.responses(), inp.n_groups);
     let (ti, vi, ri, gi) = (
         i32_of("T", t)?,
@@ -115,9 +226,9 @@ pub fn loss_head(
         i32_of("R", r)?,
         i32_of("G", g)?,
     );
-    let p = params(cfg, &layout, inp.old_logp.is_some());
+    let p = params(cfg, layout, inp.old_logp.is_some());
+    let logits = &*logits;
 
-    let logits = dev.htod(inp.logits)?;
     let targets = dev.htod(inp.targets)?;
     let row_resp = dev.htod(&layout.row_resp)?;
     let resp_start = dev.htod(inp.resp_start)?;
@@ -247,16 +358,9 @@ pub fn loss_head(
     check_bad(dev, &bad_count, &first_bad)?;
 
     // ---- backward: per-token loss and the gradient into the logits
-    let in_place = plan.in_place && dtype == GradDtype::F16;
-    let grad16 = if dtype == GradDtype::F16 && !in_place {
-        Some(dev.zeros::<f16>(t * v)?)
-    } else {
-        None
-    };
-    let grad32 = if dtype == GradDtype::F32 {
-        Some(dev.zeros::<f32>(t * v)?)
-    } else {
-        None
+    let dtype = match &grad {
+        GradDst::F32(_) => GradDtype::F32,
+        _ => GradDtype::F16,
     };
     let kname = |base: &str| -> &'static str {
         match (base, dtype) {
@@ -268,10 +372,10 @@ pub fn loss_head(
     };
     {
         // The gradient's destination: a separate buffer, or the logits themselves (in place).
-        let dst = match (&grad16, &grad32) {
-            (Some(g16), _) => g16.arg(),
-            (_, Some(g32)) => g32.arg(),
-            _ => logits.arg(),
+        let dst = match &grad {
+            GradDst::F16(g16) => g16.arg(),
+            GradDst::F32(g32) => g32.arg(),
+            GradDst::InPlace => logits.arg(),
         };
         match plan.backward {
             BackwardPlan::Separate => dev.launch(
@@ -353,13 +457,7 @@ pub fn loss_head(
         ],
     )?;
     dev.synchronize()?;
-
-    let dlogits = match (grad16, grad32) {
-        (Some(g), _) => GradOut::F16(dev.dtoh(&g)?),
-        (_, Some(g)) => GradOut::F32(dev.dtoh(&g)?),
-        _ => GradOut::F16(dev.dtoh(&logits)?),
-    };
-    Ok(HeadResult {
+    Ok(HeadStats {
         logp: dev.dtoh(&logp)?,
         entropy: dev.dtoh(&entropy)?,
         lse: dev.dtoh(&lse)?,
@@ -369,7 +467,6 @@ pub fn loss_head(
         alpha: dev.dtoh(&alpha)?,
         adv: dev.dtoh(&adv)?,
         loss: dev.dtoh(&loss)?.first().copied().unwrap_or(0.0),
-        dlogits,
     })
 }
 
