@@ -325,8 +325,12 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
   const int hs = C / NH;
   float* dk = dqkv + (b * T + t2) * 3 * C + C + h * hs;
   float* dv = dk + C;
+  // Not unrolled: with 1024-thread blocks the kernel has 64 registers, and the unrolled loop
+  // spills.
+#pragma unroll 1
   for (int d = 0; d < hs; ++d) {
     float ak = 0.f, av = 0.f;
+#pragma unroll 1
     for (int t = t2; t < T; ++t) {
       const long long row = (bh * T + t) * T + t2;  // (b, h, t, t2)
       ak += dscores[row] * aem_h2f(qkv[(b * T + t) * 3 * C + h * hs + d]);
