@@ -25,6 +25,7 @@ pub mod config;
 pub mod cpu;
 pub mod device;
 pub mod elem;
+pub mod file;
 pub mod gpt;
 pub mod params;
 pub mod sample;
