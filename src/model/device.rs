@@ -948,7 +948,8 @@ impl<'d> DeviceGpt<'d> {
         dev.launch(
             "sumsq_v1",
             LaunchCfg {
-                grid: blocks as u32, // ≤ 1024
+                grid: u32::try_from(blocks)
+                    .map_err(|_| Error::shape("sumsq", "<= 1024", blocks))?,
                 block: BLOCK,
                 smem: 0,
             },

@@ -14,10 +14,13 @@
 //! per op, forward and backward), [`gpt`] (the model: the op sequence), [`adamw`], [`sample`]
 //! (KV-cache decoding) and [`checkpoint`] (safetensors).
 //!
-//! A second backend (CUDA) reuses [`params::ParamLayout`] and [`acts::ActLayout`] unchanged and
-//! provides the ops named in [`cpu::Op`]; [`gpt::Gpt::forward`] and [`gpt::Gpt::backward`] are the
-//! reference op sequence it must follow.
-
+//! The device path ([`device::DeviceGpt`]) reuses [`params::ParamLayout`] and the activation layout
+//! unchanged and runs the same op sequence as [`gpt::Gpt::forward`] / [`gpt::Gpt::backward`] with
+//! the kernels of `kernels/gpt.cu` and [`crate::device::Device::gemm`] (cuBLAS on a GPU, an f32
+//! CPU GEMM on the emulator); its logits go through the fused loss-head kernels
+//! ([`device::DeviceGpt::loss_head`]) and their gradient back through the model. [`file`] is
+//! `aem model init` / `aem model forward`.
+//!
 pub mod acts;
 pub mod adamw;
 pub mod checkpoint;
