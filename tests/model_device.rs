@@ -157,9 +157,30 @@ fn dev_step(m: &mut DeviceGpt, toks: &[u32], bt: &Batch) -> (Vec<f32>, f32) {
 
 #[test]
 fn device_forward_loss_and_every_gradient_match_cpu() {
-    let dev = emu();
+    forward_loss_and_gradients(&emu());
+}
+
+/// The same on GPU 0 (cuBLAS, the GPU's own exp/sqrt); without a GPU the test prints why it
+/// skips, and with `AEM_REQUIRE_CUDA=1` a skip is a failure.
+#[test]
+fn gpu_forward_loss_and_every_gradient_match_cpu() {
+    match Device::cuda(0) {
+        Ok(dev) => {
+            eprintln!("running on {}", dev.name());
+            forward_loss_and_gradients(&dev);
+        }
+        Err(e) => {
+            if std::env::var("AEM_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
+                panic!("AEM_REQUIRE_CUDA=1 but no GPU: {e}");
+            }
+            eprintln!("SKIPPED (no GPU: {e}); set AEM_REQUIRE_CUDA=1 to make this a failure");
+        }
+    }
+}
+
+fn forward_loss_and_gradients(dev: &Device) {
     let (mut m32, mut m16) = models();
-    let mut md = DeviceGpt::from_cpu(&dev, &m16).unwrap();
+    let mut md = DeviceGpt::from_cpu(dev, &m16).unwrap();
     let (toks, bt) = (tokens(), batch());
     let (l32, loss32) = cpu_step(&mut m32, &toks, &bt);
     let (l16, loss16) = cpu_step(&mut m16, &toks, &bt);
