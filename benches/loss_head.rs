@@ -112,8 +112,9 @@ fn bench_cpu(c: &mut Criterion) {
 
 fn bench_gpu(c: &mut Criterion) {
     use aem::device::Device;
-    use aem::head::file::GradDtype;
-    use aem::head::launch::{BackwardPlan, DeviceHead, ForwardPlan, Plan, TokenStatsKernel};
+    use aem::head::launch::{
+        BackwardPlan, DeviceHead, ForwardPlan, GradDst, Plan, TokenStatsKernel,
+    };
     let dev = match Device::cuda(0) {
         Ok(d) => d,
         Err(e) => {
@@ -145,7 +146,9 @@ fn bench_gpu(c: &mut Criterion) {
         g.finish();
         drop((src, dst));
 
-        let mut h = DeviceHead::upload(&dev, &inp, &cfg, GradDtype::F16, false).expect("upload");
+        let logits = dev.htod(&b.logits).expect("upload");
+        let mut grad = dev.zeros::<f16>(t * v).expect("alloc");
+        let mut h = DeviceHead::new(&dev, &inp, &cfg, logits.len()).expect("upload");
         let mut g = c.benchmark_group("loss_head_fwd");
         g.sample_size(20);
         g.throughput(Throughput::Bytes(2 * tv + 12 * t as u64));
@@ -161,14 +164,14 @@ fn bench_gpu(c: &mut Criterion) {
                 };
                 g.bench_function(format!("cuda_{name}_b{block}/{shape}"), |bch| {
                     bch.iter(|| {
-                        h.forward(&dev, &plan).expect("forward");
+                        h.forward(&dev, &logits, &plan).expect("forward");
                         dev.synchronize().expect("sync");
                     })
                 });
             }
         }
         g.finish();
-        h.forward(&dev, &Plan::default()).expect("forward");
+        h.forward(&dev, &logits, &Plan::default()).expect("forward");
         let mut g = c.benchmark_group("loss_head_bwd");
         g.sample_size(20);
         g.throughput(Throughput::Bytes(4 * tv));
@@ -180,7 +183,8 @@ fn bench_gpu(c: &mut Criterion) {
             };
             g.bench_function(format!("cuda_policy_grad_f16_b{block}/{shape}"), |bch| {
                 bch.iter(|| {
-                    h.backward(&dev, &plan).expect("backward");
+                    h.backward(&dev, &logits, GradDst::F16(&mut grad), &plan)
+                        .expect("backward");
                     dev.synchronize().expect("sync");
                 })
             });
@@ -199,7 +203,8 @@ fn bench_gpu(c: &mut Criterion) {
                 format!("cuda_f16_cache{}/{shape}", u8::from(row_cache)),
                 |bch| {
                     bch.iter(|| {
-                        h.backward(&dev, &plan).expect("backward");
+                        h.backward(&dev, &logits, GradDst::F16(&mut grad), &plan)
+                            .expect("backward");
                         dev.synchronize().expect("sync");
                     })
                 },

@@ -68,6 +68,9 @@ pub enum Error {
     /// A kernel is not in the loaded module.
     #[error("kernel {name} missing from module {module}")]
     KernelMissing { module: String, name: String },
+    /// The model, its optimizer, sampler or checkpoints (`model::ModelError`).
+    #[error("model: {0}")]
+    Model(#[from] crate::model::ModelError),
     /// A device (CUDA or emulator) reported a failure.
     #[error("{backend}: {message}")]
     Device {

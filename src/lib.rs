@@ -12,8 +12,9 @@
 //! 2. [`cpu`] — the reference: every number the kernels must reproduce.
 //! 3. [`advantage`] — GRPO, Dr.GRPO, RLOO, GiGPO base advantages.
 //! 4. [`io`] — safetensors files for `aem head`.
-//! 5. [`model`] — the small f16 GPT (CPU path): forward, backward, AdamW, KV-cache sampling,
-//!    GPT-2-layout safetensors checkpoints.
+//! 5. [`model`] — the small f16 GPT: forward, backward, AdamW, KV-cache sampling, GPT-2-layout
+//!    safetensors checkpoints; the CPU path and the device path (`kernels/gpt.cu` + GEMMs over
+//!    [`device::Device`], with the loss-head kernels in the loop).
 //! 6. [`env`] — multi-turn text environments (FogLake, KeyRooms, TinyShop) for the trainer.
 
 pub mod advantage;

@@ -21,6 +21,28 @@ const BUDGETS: &[(&str, u64)] = &[
     ("loss_head_fused_f16_v1", 64),
     ("loss_head_fused_f32_v1", 64),
     ("loss_reduce_v1", 32),
+    // kernels/gpt.cu (thread-per-item; the attention kernels keep a query's loops in registers)
+    ("encoder_fwd_v1", 32),
+    ("encoder_bwd_wte_v1", 32),
+    ("encoder_bwd_wpe_v1", 32),
+    ("layernorm_fwd_v1", 32),
+    ("layernorm_bwd_v1", 32),
+    ("layernorm_bwd_params_v1", 32),
+    ("bias_add_cast_v1", 32),
+    ("bias_grad_v1", 32),
+    ("gelu_fwd_v1", 32),
+    ("gelu_bwd_v1", 32),
+    ("residual_fwd_v1", 32),
+    ("cast_f16_f32_v1", 32),
+    ("cast_f32_f16_v1", 32),
+    ("fill_f32_v1", 32),
+    ("attention_fwd_v1", 64),
+    ("attention_bwd_q_v1", 64),
+    ("attention_bwd_kv_v1", 64),
+    ("kv_append_v1", 32),
+    ("attention_decode_v1", 48),
+    ("adamw_v1", 32),
+    ("sumsq_v1", 32),
 ];
 
 fn python() -> Option<PathBuf> {

@@ -23,6 +23,78 @@ enum Cmd {
     Head(HeadArgs),
     /// Write a synthetic loss-head input file (to try `aem head`).
     DemoInput(DemoArgs),
+    /// The small f16 GPT: initialise a checkpoint, run a forward pass.
+    #[command(subcommand)]
+    Model(ModelCmd),
+}
+
+#[derive(Subcommand)]
+enum ModelCmd {
+    /// Write a freshly initialised checkpoint from a JSON config
+    /// (`{"vocab": 64, "context": 64, "d_model": 64, "layers": 2, "heads": 4}`; absent keys take
+    /// these defaults, unknown keys are errors).
+    Init(ModelInitArgs),
+    /// Run a checkpoint's forward pass over `tokens` (B, T) and write `logits` (B, T, V) f32.
+    Forward(ModelForwardArgs),
+}
+
+#[derive(Args)]
+struct ModelInitArgs {
+    /// JSON config file.
+    #[arg(long)]
+    config: PathBuf,
+    /// Output checkpoint (safetensors, written atomically).
+    #[arg(long)]
+    out: PathBuf,
+    /// Initialisation seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct ModelForwardArgs {
+    /// Checkpoint written by `aem model init` (or training).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// safetensors file with `tokens` (B, T) as U32, I32 or I64.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output safetensors file with `logits` (B, T, V) F32 (written atomically).
+    #[arg(long)]
+    output: PathBuf,
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: BackendArg,
+}
+
+fn model(cmd: ModelCmd) -> aem::Result<()> {
+    use aem::model::file;
+    match cmd {
+        ModelCmd::Init(a) => {
+            let (cfg, params) = file::init(&a.config, &a.out, a.seed)?;
+            eprintln!(
+                "aem model init: V={} maxT={} C={} L={} NH={} ({params} parameters) -> {}",
+                cfg.vocab,
+                cfg.context,
+                cfg.d_model,
+                cfg.layers,
+                cfg.heads,
+                a.out.display()
+            );
+        }
+        ModelCmd::Forward(a) => {
+            let backend = match a.backend {
+                BackendArg::Cpu => file::Backend::Cpu,
+                BackendArg::Emu => file::Backend::Emu,
+                BackendArg::Cuda => file::Backend::Cuda,
+            };
+            let (b, t, v) = file::forward(&a.checkpoint, &a.input, &a.output, backend)?;
+            eprintln!(
+                "aem model forward: B={b} T={t} V={v} -> {}",
+                a.output.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -61,7 +133,7 @@ fn demo_input(a: DemoArgs) -> aem::Result<()> {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum BackendArg {
-    /// The CPU reference (f64).
+    /// The CPU reference (`aem head`: f64) or the CPU path (`aem model`).
     Cpu,
     /// The CUDA kernels on the CPU emulator.
     Emu,
@@ -172,6 +244,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Head(a) => head(a),
         Cmd::DemoInput(a) => demo_input(a),
+        Cmd::Model(c) => model(c),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

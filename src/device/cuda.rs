@@ -4,8 +4,9 @@
 //! `compute_XY` not above the device → NVRTC of the embedded source. Modules are cached.
 
 use super::modules::{self, Module};
-use super::{Arg, Elem, LaunchCfg, RawBuf};
+use super::{Arg, Elem, Gemm, GemmDtype, GemmElem, LaunchCfg, RawBuf, Trans};
 use crate::error::{Error, Result};
+use cudarc::cublas::{self, CudaBlas};
 use cudarc::driver::{
     sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
     LaunchConfig, PushKernelArg,
@@ -44,6 +45,8 @@ pub struct CudaDevice {
     sm: (i32, i32),
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    /// cuBLAS on `stream`, created at the first GEMM.
+    blas: Mutex<Option<Arc<CudaBlas>>>,
 }
 
 impl CudaDevice {
@@ -65,6 +68,7 @@ impl CudaDevice {
             sm,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
+            blas: Mutex::new(None),
         })
     }
 
@@ -114,6 +118,78 @@ impl CudaDevice {
 
     pub(super) fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(drv)
+    }
+
+    fn blas(&self) -> Result<Arc<CudaBlas>> {
+        let mut slot = self
+            .blas
+            .lock()
+            .map_err(|_| drv("cublas handle poisoned"))?;
+        if let Some(b) = slot.as_ref() {
+            return Ok(b.clone());
+        }
+        // SAFETY: is_culib_present only tries to dlopen the cuBLAS library by name (cudarc
+        // panics on a missing library otherwise).
+        if !unsafe { cublas::sys::is_culib_present() } {
+            return Err(Error::NoDevice(
+                "the cuBLAS library (libcublas.so) is not present".into(),
+            ));
+        }
+        let b = Arc::new(CudaBlas::new(self.stream.clone()).map_err(drv)?);
+        *slot = Some(b.clone());
+        Ok(b)
+    }
+
+    /// `cublasGemmEx` with `CUBLAS_COMPUTE_32F` on (buffer, byte offset) operands.
+    pub(super) fn gemm<A: GemmElem, C: GemmElem>(
+        &self,
+        g: &Gemm,
+        a: (&CudaSlice<A>, usize),
+        b: (&CudaSlice<A>, usize),
+        c: (&mut CudaSlice<C>, usize),
+    ) -> Result<()> {
+        use cublas::sys::{cublasComputeType_t, cublasOperation_t, cudaDataType_t};
+        let blas = self.blas()?;
+        let op = |t: Trans| match t {
+            Trans::N => cublasOperation_t::CUBLAS_OP_N,
+            Trans::T => cublasOperation_t::CUBLAS_OP_T,
+        };
+        let dt = |d: GemmDtype| match d {
+            GemmDtype::F16 => cudaDataType_t::CUDA_R_16F,
+            GemmDtype::F32 => cudaDataType_t::CUDA_R_32F,
+        };
+        let i = |x: usize| i32::try_from(x).map_err(|_| drv("gemm size above 2^31"));
+        let ptr = |s: &dyn AnySlice, off: usize| s.device_ptr_u64(&self.stream) + off as u64;
+        let (pa, pb, pc) = (ptr(a.0, a.1), ptr(b.0, b.1), ptr(&*c.0, c.1));
+        let (alpha, beta) = (g.alpha, g.beta);
+        // SAFETY: Device::gemm ran Gemm::check, so every element op(A), op(B) and C touch lies
+        // inside the windows, which lie inside live CudaSlices of the dtypes passed; alpha/beta
+        // are host f32 values (pointer mode host, compute 32F); the handle is bound to
+        // `self.stream`, the stream every other operation of this device uses.
+        unsafe {
+            cublas::result::gemm_ex(
+                *blas.handle(),
+                op(g.transa),
+                op(g.transb),
+                i(g.m)?,
+                i(g.n)?,
+                i(g.k)?,
+                (&alpha as *const f32).cast(),
+                pa as *const std::ffi::c_void,
+                dt(A::DTYPE),
+                i(g.lda)?,
+                pb as *const std::ffi::c_void,
+                dt(A::DTYPE),
+                i(g.ldb)?,
+                (&beta as *const f32).cast(),
+                pc as *mut std::ffi::c_void,
+                dt(C::DTYPE),
+                i(g.ldc)?,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublas::sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(drv)
     }
 
     fn load(&self, m: &'static Module) -> Result<Arc<CudaModule>> {
@@ -224,7 +300,9 @@ impl CudaDevice {
         let vals: Vec<Val> = args
             .iter()
             .map(|a| match *a {
-                Arg::Buf(RawBuf::Cuda(s)) => Ok(Val::Ptr(s.device_ptr_u64(&self.stream))),
+                Arg::Buf(RawBuf::Cuda(s, off)) => {
+                    Ok(Val::Ptr(s.device_ptr_u64(&self.stream) + off))
+                }
                 Arg::Buf(_) => Err(drv("a buffer of another executor")),
                 Arg::Null => Ok(Val::Ptr(0)),
                 Arg::I32(x) => Ok(Val::I32(x)),

@@ -2,7 +2,7 @@
 //! `kernels/emu/` (every CUDA thread a fiber), called through FFI. Device memory is host memory
 //! owned by [`EmuBuf`].
 
-use super::{Arg, Elem, LaunchCfg, RawBuf};
+use super::{Arg, Elem, Gemm, GemmElem, LaunchCfg, RawBuf, Trans};
 use crate::error::{Error, Result};
 use std::ffi::{c_char, c_int, c_uint, c_ulonglong, c_void, CStr, CString};
 use std::marker::PhantomData;
@@ -227,6 +227,19 @@ impl<T: Elem> EmuBuf<T> {
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }.to_vec()
     }
 
+    /// The buffer as a slice. Launches are synchronous and take their buffers by the caller's
+    /// borrow, so no kernel writes the buffer while this shared borrow lives.
+    pub(super) fn as_slice(&self) -> &[T] {
+        // SAFETY: ptr/len describe the live allocation made in from_vec (see above).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The buffer as a mutable slice (`&mut self` excludes launches reading it).
+    pub(super) fn as_mut_slice(&mut self) -> &mut [T] {
+        // SAFETY: ptr/len describe the live allocation made in from_vec; the borrow is unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
     pub(super) fn write(&mut self, data: &[T]) {
         // SAFETY: lengths are equal (checked by Device::write); `&mut self` excludes launches.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
@@ -242,6 +255,83 @@ impl<T: Elem> Drop for EmuBuf<T> {
                 self.ptr.as_ptr(),
                 self.len,
             )));
+        }
+    }
+}
+
+/// Strides (row, column) of `op(X)` for a column-major stored matrix with leading dimension `ld`.
+fn op_strides(t: Trans, ld: usize) -> (isize, isize) {
+    // `ld` fits in i32 (checked by Gemm::check), so the casts are lossless.
+    let ld = ld as isize;
+    match t {
+        Trans::N => (1, ld),
+        Trans::T => (ld, 1),
+    }
+}
+
+/// The emulator's GEMM: cuBLAS semantics (see [`Gemm`]) on the CPU. The windows of A and B are
+/// widened to f32 (exact for f16), `matrixmultiply::sgemm` computes in f32, and only the `m×n`
+/// elements of C the product defines are written back (rounded to nearest even for f16), so
+/// the padding rows of a leading dimension `ldc > m` keep their values, as on the GPU. With
+/// `beta == 0`, C is not read (a NaN there does not propagate).
+/// The caller ran `Gemm::check` (dimensions, leading dimensions, extents within the windows).
+pub(super) fn gemm<A: GemmElem, C: GemmElem>(
+    g: &Gemm,
+    a: (&EmuBuf<A>, usize),
+    b: (&EmuBuf<A>, usize),
+    c: (&mut EmuBuf<C>, usize),
+) {
+    let (m, n, k) = (g.m, g.n, g.k);
+    let ext = |rows: usize, cols: usize, ld: usize| {
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            (cols - 1) * ld + rows
+        }
+    };
+    let (ra, ca) = if g.transa == Trans::N { (m, k) } else { (k, m) };
+    let (rb, cb) = if g.transb == Trans::N { (k, n) } else { (n, k) };
+    let cw = &mut c.0.as_mut_slice()[c.1..c.1 + ext(m, n, g.ldc)];
+    let mut cf = vec![0.0f32; cw.len()];
+    if g.beta != 0.0 {
+        cf.iter_mut()
+            .zip(cw.iter())
+            .for_each(|(d, s)| *d = s.to_f32());
+    }
+    if k > 0 {
+        let widen = |x: &[A]| x.iter().map(|v| v.to_f32()).collect::<Vec<f32>>();
+        let af = widen(&a.0.as_slice()[a.1..a.1 + ext(ra, ca, g.lda)]);
+        let bf = widen(&b.0.as_slice()[b.1..b.1 + ext(rb, cb, g.ldb)]);
+        let (rsa, csa) = op_strides(g.transa, g.lda);
+        let (rsb, csb) = op_strides(g.transb, g.ldb);
+        // SAFETY: with the strides of op_strides, op(A)(i, p) for i < m, p < k is
+        // af[i·rsa + p·csa] ≤ ext(ra, ca, lda) − 1 = af.len() − 1, likewise for op(B) and bf,
+        // and C(i, j) is cf[i + j·ldc] < ext(m, n, ldc) = cf.len(); cf is a unique Vec.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                g.alpha,
+                af.as_ptr(),
+                rsa,
+                csa,
+                bf.as_ptr(),
+                rsb,
+                csb,
+                g.beta,
+                cf.as_mut_ptr(),
+                1,
+                g.ldc as isize, // < 2^31 (Gemm::check)
+            );
+        }
+    } else {
+        cf.iter_mut().for_each(|x| *x *= g.beta);
+    }
+    for j in 0..n {
+        let col = j * g.ldc;
+        for (d, &s) in cw[col..col + m].iter_mut().zip(&cf[col..col + m]) {
+            *d = C::from_f32(s);
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod cuda;
 pub mod emu;
 
 use crate::error::{Error, Result};
+use std::ops::Range;
 
 /// The kernel modules built from `kernels/*.cu` by build.rs.
 pub mod modules {
@@ -91,14 +92,231 @@ impl<T: Elem> DevBuf<T> {
     }
     /// The buffer as a kernel pointer argument.
     pub fn arg(&self) -> Arg<'_> {
-        Arg::Buf(self.raw())
+        Arg::Buf(self.raw(0))
     }
-    fn raw(&self) -> RawBuf<'_> {
+    /// The buffer seen from element `offset` on (`offset ≤ len` checked by the view makers).
+    fn raw(&self, offset: usize) -> RawBuf<'_> {
+        let bytes = offset * std::mem::size_of::<T>();
         match &self.inner {
-            BufInner::Emu(b) => RawBuf::Emu(b.ptr()),
+            BufInner::Emu(b) => RawBuf::Emu(b.ptr().wrapping_add(bytes)),
             #[cfg(feature = "cuda")]
-            BufInner::Cuda(s) => RawBuf::Cuda(s),
+            BufInner::Cuda(s) => RawBuf::Cuda(s, bytes as u64),
         }
+    }
+
+    /// Elements `range` of the buffer, as a kernel argument or a GEMM operand.
+    pub fn view(&self, range: Range<usize>) -> Result<View<'_, T>> {
+        check_range(range.clone(), self.len)?;
+        Ok(View {
+            buf: self,
+            offset: range.start,
+            len: range.end - range.start,
+        })
+    }
+
+    /// The whole buffer as a [`View`].
+    pub fn all(&self) -> View<'_, T> {
+        View {
+            buf: self,
+            offset: 0,
+            len: self.len,
+        }
+    }
+
+    /// Elements `range` of the buffer, writable (a GEMM output).
+    pub fn view_mut(&mut self, range: Range<usize>) -> Result<ViewMut<'_, T>> {
+        check_range(range.clone(), self.len)?;
+        Ok(ViewMut {
+            offset: range.start,
+            len: range.end - range.start,
+            buf: self,
+        })
+    }
+
+    /// The whole buffer as a [`ViewMut`].
+    pub fn all_mut(&mut self) -> ViewMut<'_, T> {
+        ViewMut {
+            offset: 0,
+            len: self.len,
+            buf: self,
+        }
+    }
+}
+
+fn check_range(range: Range<usize>, len: usize) -> Result<()> {
+    if range.start > range.end || range.end > len {
+        return Err(Error::shape(
+            "view",
+            format!("a range within 0..{len}"),
+            format!("{range:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Elements `offset..offset + len` of a device buffer, read-only.
+#[derive(Clone, Copy)]
+pub struct View<'a, T: Elem> {
+    buf: &'a DevBuf<T>,
+    offset: usize,
+    len: usize,
+}
+
+impl<'a, T: Elem> View<'a, T> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The window as a kernel pointer argument (its first element).
+    pub fn arg(&self) -> Arg<'a> {
+        Arg::Buf(self.buf.raw(self.offset))
+    }
+}
+
+/// Elements `offset..offset + len` of a device buffer, writable.
+pub struct ViewMut<'a, T: Elem> {
+    buf: &'a mut DevBuf<T>,
+    offset: usize,
+    len: usize,
+}
+
+impl<T: Elem> ViewMut<'_, T> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The window as a kernel pointer argument (its first element).
+    pub fn arg(&self) -> Arg<'_> {
+        Arg::Buf(self.buf.raw(self.offset))
+    }
+}
+
+/// Whether a GEMM operand is used as stored or transposed (cuBLAS `CUBLAS_OP_N` / `_T`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trans {
+    N,
+    T,
+}
+
+/// The shape of one GEMM with cuBLAS semantics: column-major storage,
+/// `C (m×n) = alpha·op(A) (m×k) · op(B) (k×n) + beta·C`, where a stored matrix's element
+/// `(i, j)` is at `i + j·ld`. `A` is stored `m×k` (`N`) or `k×m` (`T`), `B` is `k×n` or `n×k`.
+/// With `beta == 0`, `C` is not read. Compute is f32 for every element type.
+///
+/// Row-major habits: a row-major `(r, c)` matrix is a column-major `c×r` matrix with `ld = c`,
+/// so row-major `Y = X·W` is the column-major `Yᵀ = Wᵀ·Xᵀ` (swap operands, keep transposes).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gemm {
+    pub transa: Trans,
+    pub transb: Trans,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub alpha: f32,
+    pub lda: usize,
+    pub ldb: usize,
+    pub beta: f32,
+    pub ldc: usize,
+}
+
+/// Element types of GEMM operands: f16 (inputs f16 → output f16 or f32) and f32 (all f32),
+/// the combinations `cublasGemmEx` accepts with `CUBLAS_COMPUTE_32F`.
+pub trait GemmElem: Elem {
+    const DTYPE: GemmDtype;
+    fn to_f32(self) -> f32;
+    fn from_f32(x: f32) -> Self;
+}
+
+/// The element type of a GEMM operand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemmDtype {
+    F16,
+    F32,
+}
+
+impl GemmElem for f32 {
+    const DTYPE: GemmDtype = GemmDtype::F32;
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+}
+
+impl GemmElem for half::f16 {
+    const DTYPE: GemmDtype = GemmDtype::F16;
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+    fn from_f32(x: f32) -> Self {
+        half::f16::from_f32(x)
+    }
+}
+
+impl Gemm {
+    /// Checks the shape as cuBLAS would (`ld ≥ rows`, sizes in `i32`) and that every element the
+    /// product touches lies inside its window.
+    pub fn check(&self, a_len: usize, b_len: usize, c_len: usize) -> Result<()> {
+        let i32_of = |arg: &'static str, x: usize| {
+            i32::try_from(x).map_err(|_| Error::shape(arg, "below 2^31", x))
+        };
+        for (arg, x) in [
+            ("gemm m", self.m),
+            ("gemm n", self.n),
+            ("gemm k", self.k),
+            ("gemm lda", self.lda),
+            ("gemm ldb", self.ldb),
+            ("gemm ldc", self.ldc),
+        ] {
+            i32_of(arg, x)?;
+        }
+        let (ra, ca) = match self.transa {
+            Trans::N => (self.m, self.k),
+            Trans::T => (self.k, self.m),
+        };
+        let (rb, cb) = match self.transb {
+            Trans::N => (self.k, self.n),
+            Trans::T => (self.n, self.k),
+        };
+        // Extent of a stored (rows, cols) matrix: the last element touched plus one.
+        let extent = |rows: usize, cols: usize, ld: usize| -> Result<usize> {
+            if rows == 0 || cols == 0 {
+                return Ok(0);
+            }
+            (cols - 1)
+                .checked_mul(ld)
+                .and_then(|x| x.checked_add(rows))
+                .ok_or_else(|| Error::shape("gemm", "a size below 2^64", "overflow"))
+        };
+        for (arg, rows, cols, ld, len) in [
+            ("gemm A", ra, ca, self.lda, a_len),
+            ("gemm B", rb, cb, self.ldb, b_len),
+            ("gemm C", self.m, self.n, self.ldc, c_len),
+        ] {
+            if ld < rows.max(1) {
+                return Err(Error::shape(
+                    arg,
+                    format!("leading dimension >= {}", rows.max(1)),
+                    ld,
+                ));
+            }
+            // A and B are read only when the product is not empty.
+            let used = arg == "gemm C" || (self.m > 0 && self.n > 0 && self.k > 0);
+            let need = extent(rows, cols, ld)?;
+            if used && need > len {
+                return Err(Error::shape(
+                    arg,
+                    format!("{need} elements ({rows}x{cols}, ld {ld})"),
+                    format!("{len}"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -106,8 +324,9 @@ impl<T: Elem> DevBuf<T> {
 #[derive(Clone, Copy)]
 pub enum RawBuf<'a> {
     Emu(*mut u8),
+    /// A CUDA buffer and a byte offset into it.
     #[cfg(feature = "cuda")]
-    Cuda(&'a dyn cuda::AnySlice),
+    Cuda(&'a dyn cuda::AnySlice, u64),
     #[doc(hidden)]
     _Phantom(std::marker::PhantomData<&'a ()>),
 }
@@ -294,6 +513,40 @@ impl Device {
             Device::Emu(d) => d.launch(kernel, cfg, args),
             #[cfg(feature = "cuda")]
             Device::Cuda(d) => d.launch(kernel, cfg, args),
+        }
+    }
+
+    /// One GEMM with cuBLAS semantics (see [`Gemm`]): `cublasGemmEx` with f32 compute on a GPU,
+    /// an f32 CPU GEMM on the emulator. Inputs f16 → output f16 or f32; inputs f32 → output f32.
+    pub fn gemm<A: GemmElem, C: GemmElem>(
+        &self,
+        g: &Gemm,
+        a: View<'_, A>,
+        b: View<'_, A>,
+        c: ViewMut<'_, C>,
+    ) -> Result<()> {
+        if A::DTYPE == GemmDtype::F32 && C::DTYPE == GemmDtype::F16 {
+            return Err(Error::shape("gemm C", "f32 for f32 inputs", "f16"));
+        }
+        g.check(a.len, b.len, c.len)?;
+        if g.m == 0 || g.n == 0 {
+            return Ok(()); // cuBLAS returns at once
+        }
+        match (&a.buf.inner, &b.buf.inner, &mut c.buf.inner, self) {
+            (BufInner::Emu(ab), BufInner::Emu(bb), BufInner::Emu(cb), Device::Emu(_)) => {
+                emu::gemm(g, (ab, a.offset), (bb, b.offset), (cb, c.offset));
+                Ok(())
+            }
+            #[cfg(feature = "cuda")]
+            (BufInner::Cuda(ab), BufInner::Cuda(bb), BufInner::Cuda(cb), Device::Cuda(d)) => d
+                .gemm::<A, C>(
+                    g,
+                    (ab, a.offset * std::mem::size_of::<A>()),
+                    (bb, b.offset * std::mem::size_of::<A>()),
+                    (cb, c.offset * std::mem::size_of::<C>()),
+                ),
+            #[allow(unreachable_patterns)]
+            _ => Err(foreign()),
         }
     }
 

@@ -2,7 +2,7 @@
 //! written once for both executors. Argument order is the kernels' (`kernels/loss_head.cu`).
 
 use super::file::{GradDtype, GradOut, HeadResult};
-use super::{validate, HeadConfig, HeadInputs, Layout};
+use super::{validate, validate_layout_for, HeadConfig, HeadInputs, Layout};
 use crate::device::{Arg, DevBuf, Device, HeadParams, LaunchCfg};
 use crate::error::{Error, Result};
 use half::f16;
@@ -91,9 +91,11 @@ fn i32_of(arg: &'static str, n: usize) -> Result<i32> {
     i32::try_from(n).map_err(|_| Error::shape(arg, "a count below 2^31", n))
 }
 
-/// The loss head's buffers on a device: inputs uploaded once, outputs kept on the device until
-/// [`DeviceHead::download`]. [`DeviceHead::forward`] and [`DeviceHead::backward`] only launch
-/// kernels, so they are what a benchmark times and what a trainer calls per step.
+/// The loss head's buffers on a device for one batch layout: the per-row and per-response
+/// inputs uploaded once, outputs kept on the device until [`DeviceHead::stats`]. The logits
+/// (T, V) f16 live with the caller (a model's output, or an upload). [`DeviceHead::forward`] and
+/// [`DeviceHead::backward`] only launch kernels, so they are what a benchmark times and what a
+/// trainer calls per step.
 pub struct DeviceHead {
     /// (T, V, R, G) as the kernels take them.
     dims: (i32, i32, i32, i32),
@@ -102,8 +104,6 @@ pub struct DeviceHead {
     r: usize,
     g: usize,
     p: HeadParams,
-    /// logits: (T, V) f16
-    pub logits: DevBuf<f16>,
     targets: DevBuf<u32>,
     row_resp: DevBuf<i32>,
     resp_start: DevBuf<u32>,
@@ -130,10 +130,33 @@ pub struct DeviceHead {
     first_bad: DevBuf<u32>,
     resp_done: DevBuf<u32>,
     grp_done: DevBuf<u32>,
-    /// dlogits: (T, V), f16 or f32 (absent for an in-place f16 gradient, which is `logits`).
-    grad16: Option<DevBuf<f16>>,
-    grad32: Option<DevBuf<f32>>,
-    dtype: GradDtype,
+}
+
+/// Where the head writes dlogits (T, V).
+pub enum GradDst<'a> {
+    /// A separate f16 buffer of T·V elements.
+    F16(&'a mut DevBuf<f16>),
+    /// A separate f32 buffer of T·V elements.
+    F32(&'a mut DevBuf<f32>),
+    /// Over the logits (f16).
+    InPlace,
+}
+
+/// Everything the head computes but the gradient, downloaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadStats {
+    /// logp, entropy, lse, token_loss: (T) f32
+    pub logp: Vec<f32>,
+    pub entropy: Vec<f32>,
+    pub lse: Vec<f32>,
+    pub token_loss: Vec<f32>,
+    /// resp_surprisal, resp_mean_entropy, alpha, adv: (R) f32
+    pub resp_surprisal: Vec<f32>,
+    pub resp_mean_entropy: Vec<f32>,
+    pub alpha: Vec<f32>,
+    pub adv: Vec<f32>,
+    /// The scalar loss.
+    pub loss: f32,
 }
 
 fn check_block(b: u32) -> Result<()> {
@@ -148,15 +171,25 @@ fn check_block(b: u32) -> Result<()> {
 }
 
 impl DeviceHead {
-    /// Validates `inp` on the host and uploads it; allocates every output and workspace.
-    pub fn upload(
+    /// Validates `inp` on the host (all but the logits' values, which the kernels check) and
+    /// uploads it; allocates every output and workspace. `logits_len` is the length of the
+    /// logits buffer the launches will be given (T·V).
+    pub fn new(
         dev: &Device,
         inp: &HeadInputs,
         cfg: &HeadConfig,
-        dtype: GradDtype,
-        in_place: bool,
+        logits_len: usize,
     ) -> Result<Self> {
-        let layout = validate(inp, cfg)?;
+        let layout = validate_layout_for(inp, cfg, logits_len)?;
+        Self::with_layout(dev, inp, cfg, &layout)
+    }
+
+    fn with_layout(
+        dev: &Device,
+        inp: &HeadInputs,
+        cfg: &HeadConfig,
+        layout: &Layout,
+    ) -> Result<Self> {
         let (t, v, r, g) = (inp.rows(), inp.vocab, inp.responses(), inp.n_groups);
         let dims = (
             i32_of("T", t)?,
@@ -164,18 +197,13 @@ impl DeviceHead {
             i32_of("R", r)?,
             i32_of("G", g)?,
         );
-        let tv = t
-            .checked_mul(v)
-            .ok_or_else(|| Error::shape("logits", "T*V < 2^64", t))?;
-        let in_place = in_place && dtype == GradDtype::F16;
         Ok(DeviceHead {
             dims,
             t,
             v,
             r,
             g,
-            p: params(cfg, &layout, inp.old_logp.is_some()),
-            logits: dev.htod(inp.logits)?,
+            p: params(cfg, layout, inp.old_logp.is_some()),
             targets: dev.htod(inp.targets)?,
             row_resp: dev.htod(&layout.row_resp)?,
             resp_start: dev.htod(inp.resp_start)?,
@@ -199,14 +227,20 @@ impl DeviceHead {
             first_bad: dev.htod(&[u32::MAX])?,
             resp_done: dev.zeros(r)?,
             grp_done: dev.zeros(g)?,
-            grad16: (dtype == GradDtype::F16 && !in_place)
-                .then(|| dev.zeros(tv))
-                .transpose()?,
-            grad32: (dtype == GradDtype::F32)
-                .then(|| dev.zeros(tv))
-                .transpose()?,
-            dtype,
         })
+    }
+
+    fn check_logits(&self, logits: &DevBuf<f16>) -> Result<()> {
+        let tv = self.t * self.v; // T·V < 2^64: checked by validation
+        if logits.len() == tv {
+            Ok(())
+        } else {
+            Err(Error::shape(
+                "logits",
+                format!("(T, V) = {tv} elements"),
+                logits.len(),
+            ))
+        }
     }
 
     fn row_grid(&self, block: u32) -> Result<LaunchCfg> {
@@ -228,9 +262,10 @@ impl DeviceHead {
     }
 
     /// Token stats, response stats, α and the rescaled advantage (launches only).
-    pub fn forward(&mut self, dev: &Device, plan: &Plan) -> Result<()> {
+    pub fn forward(&mut self, dev: &Device, logits: &DevBuf<f16>, plan: &Plan) -> Result<()> {
         let b = plan.block;
         check_block(b)?;
+        self.check_logits(logits)?;
         self.reset_counters(dev)?;
         let (ti, vi, ri, gi) = self.dims;
         let p = self.p;
@@ -250,7 +285,7 @@ impl DeviceHead {
                         smem: 0,
                     },
                     &[
-                        self.logits.arg(),
+                        logits.arg(),
                         self.targets.arg(),
                         Arg::I32(ti),
                         Arg::I32(vi),
@@ -303,7 +338,7 @@ impl DeviceHead {
                     "loss_head_fwd_v1",
                     row_grid,
                     &[
-                        self.logits.arg(),
+                        logits.arg(),
                         self.targets.arg(),
                         self.row_resp.arg(),
                         self.resp_start.arg(),
@@ -335,17 +370,37 @@ impl DeviceHead {
 
     /// Per-token loss, the gradient into the logits and the scalar loss (launches only), from
     /// the advantages of the last [`DeviceHead::forward`].
-    pub fn backward(&mut self, dev: &Device, plan: &Plan) -> Result<()> {
+    pub fn backward(
+        &mut self,
+        dev: &Device,
+        logits: &DevBuf<f16>,
+        grad: GradDst<'_>,
+        plan: &Plan,
+    ) -> Result<()> {
         let b = plan.block;
         check_block(b)?;
+        self.check_logits(logits)?;
+        let tv = self.t * self.v;
+        let glen = match &grad {
+            GradDst::F16(g) => g.len(),
+            GradDst::F32(g) => g.len(),
+            GradDst::InPlace => tv,
+        };
+        if glen != tv {
+            return Err(Error::shape(
+                "dlogits",
+                format!("(T, V) = {tv} elements"),
+                glen,
+            ));
+        }
         let (ti, vi, _, _) = self.dims;
         let p = self.p;
         let row_grid = self.row_grid(b)?;
-        let f16 = self.dtype == GradDtype::F16;
-        let dst = match (&self.grad16, &self.grad32) {
-            (Some(g16), _) => g16.arg(),
-            (_, Some(g32)) => g32.arg(),
-            _ => self.logits.arg(), // in place
+        let f16 = !matches!(grad, GradDst::F32(_));
+        let dst = match &grad {
+            GradDst::F16(g16) => g16.arg(),
+            GradDst::F32(g32) => g32.arg(),
+            GradDst::InPlace => logits.arg(),
         };
         match plan.backward {
             BackwardPlan::Separate => dev.launch(
@@ -356,7 +411,7 @@ impl DeviceHead {
                 },
                 row_grid,
                 &[
-                    self.logits.arg(),
+                    logits.arg(),
                     self.targets.arg(),
                     self.row_resp.arg(),
                     self.resp_len.arg(),
@@ -392,7 +447,7 @@ impl DeviceHead {
                         ..row_grid
                     },
                     &[
-                        self.logits.arg(),
+                        logits.arg(),
                         self.targets.arg(),
                         self.row_resp.arg(),
                         self.resp_len.arg(),
@@ -437,15 +492,10 @@ impl DeviceHead {
         check_bad(dev, &self.bad_count, &self.first_bad)
     }
 
-    /// Downloads every output.
-    pub fn download(&self, dev: &Device) -> Result<HeadResult> {
+    /// Downloads every output but the gradient.
+    pub fn stats(&self, dev: &Device) -> Result<HeadStats> {
         dev.synchronize()?;
-        let dlogits = match (&self.grad16, &self.grad32) {
-            (Some(g), _) => GradOut::F16(dev.dtoh(g)?),
-            (_, Some(g)) => GradOut::F32(dev.dtoh(g)?),
-            _ => GradOut::F16(dev.dtoh(&self.logits)?),
-        };
-        Ok(HeadResult {
+        Ok(HeadStats {
             logp: dev.dtoh(&self.logp)?,
             entropy: dev.dtoh(&self.entropy)?,
             lse: dev.dtoh(&self.lse)?,
@@ -455,12 +505,44 @@ impl DeviceHead {
             alpha: dev.dtoh(&self.alpha)?,
             adv: dev.dtoh(&self.adv)?,
             loss: dev.dtoh(&self.loss)?.first().copied().unwrap_or(0.0),
-            dlogits,
         })
     }
 }
 
-/// Runs the head on `dev` and downloads every output.
+/// Forward, check, backward, check, download: the whole head on logits already on `dev`.
+fn run(
+    dev: &Device,
+    head: &mut DeviceHead,
+    logits: &DevBuf<f16>,
+    grad: GradDst<'_>,
+    plan: &Plan,
+) -> Result<HeadStats> {
+    head.forward(dev, logits, plan)?;
+    head.check(dev)?;
+    head.backward(dev, logits, grad, plan)?;
+    head.check(dev)?;
+    head.stats(dev)
+}
+
+/// The head on logits that already live on `dev` (a model's output), with dlogits left on the
+/// device in `grad`. `logits` (T, V) f16 stands for `inp.logits`, which is not read (pass
+/// `&[]`). The logits are not scanned on the host: a non-finite logit is reported by the
+/// kernels as `Error::NonFinite` for its row.
+pub fn loss_head_resident(
+    dev: &Device,
+    logits: &mut DevBuf<f16>,
+    inp: &HeadInputs,
+    cfg: &HeadConfig,
+    grad: GradDst<'_>,
+    plan: &Plan,
+) -> Result<HeadStats> {
+    check_block(plan.block)?;
+    let mut head = DeviceHead::new(dev, inp, cfg, logits.len())?;
+    run(dev, &mut head, logits, grad, plan)
+}
+
+/// Runs the head on host inputs (validated on the host, logits included) and downloads every
+/// output.
 pub fn loss_head(
     dev: &Device,
     inp: &HeadInputs,
@@ -469,12 +551,38 @@ pub fn loss_head(
     plan: &Plan,
 ) -> Result<HeadResult> {
     check_block(plan.block)?;
-    let mut h = DeviceHead::upload(dev, inp, cfg, dtype, plan.in_place)?;
-    h.forward(dev, plan)?;
-    h.check(dev)?;
-    h.backward(dev, plan)?;
-    h.check(dev)?;
-    h.download(dev)
+    let layout = validate(inp, cfg)?;
+    let mut head = DeviceHead::with_layout(dev, inp, cfg, &layout)?;
+    let logits = dev.htod(inp.logits)?;
+    let tv = inp.logits.len();
+    let (s, dlogits) = match (dtype, plan.in_place) {
+        (GradDtype::F16, true) => {
+            let s = run(dev, &mut head, &logits, GradDst::InPlace, plan)?;
+            (s, GradOut::F16(dev.dtoh(&logits)?))
+        }
+        (GradDtype::F16, false) => {
+            let mut g = dev.zeros::<f16>(tv)?;
+            let s = run(dev, &mut head, &logits, GradDst::F16(&mut g), plan)?;
+            (s, GradOut::F16(dev.dtoh(&g)?))
+        }
+        (GradDtype::F32, _) => {
+            let mut g = dev.zeros::<f32>(tv)?;
+            let s = run(dev, &mut head, &logits, GradDst::F32(&mut g), plan)?;
+            (s, GradOut::F32(dev.dtoh(&g)?))
+        }
+    };
+    Ok(HeadResult {
+        logp: s.logp,
+        entropy: s.entropy,
+        lse: s.lse,
+        token_loss: s.token_loss,
+        resp_surprisal: s.resp_surprisal,
+        resp_mean_entropy: s.resp_mean_entropy,
+        alpha: s.alpha,
+        adv: s.adv,
+        loss: s.loss,
+        dlogits,
+    })
 }
 
 /// Turns the kernels' count of non-finite rows into the error host validation would give.

@@ -267,6 +267,16 @@ fn check_finite_slice(arg: &'static str, xs: &[f32]) -> Result<()> {
 /// Validates everything except the logits' values (shapes, ranges, overlaps, finiteness of the
 /// per-row and per-response floats) and builds the [`Layout`]. O(T + R log R).
 pub fn validate_layout(inp: &HeadInputs, cfg: &HeadConfig) -> Result<Layout> {
+    validate_layout_for(inp, cfg, inp.logits.len())
+}
+
+/// [`validate_layout`] for logits held elsewhere (on a device): `logits_len` stands for
+/// `inp.logits.len()`, which is not read.
+pub fn validate_layout_for(
+    inp: &HeadInputs,
+    cfg: &HeadConfig,
+    logits_len: usize,
+) -> Result<Layout> {
     validate_config(cfg)?;
     let t = inp.rows();
     let v = inp.vocab;
@@ -277,11 +287,11 @@ pub fn validate_layout(inp: &HeadInputs, cfg: &HeadConfig) -> Result<Layout> {
     let tv = t
         .checked_mul(v)
         .ok_or_else(|| Error::shape("logits", "T*V below 2^64", format!("{t} x {v}")))?;
-    if inp.logits.len() != tv {
+    if logits_len != tv {
         return Err(Error::shape(
             "logits",
             format!("(T, V) = ({t}, {v}), {tv} elements"),
-            format!("{} elements", inp.logits.len()),
+            format!("{logits_len} elements"),
         ));
     }
     // Kernels take T, V, R, G as 32-bit counts and index T·V with 64 bits.

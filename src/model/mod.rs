@@ -14,16 +14,21 @@
 //! per op, forward and backward), [`gpt`] (the model: the op sequence), [`adamw`], [`sample`]
 //! (KV-cache decoding) and [`checkpoint`] (safetensors).
 //!
-//! A second backend (CUDA) reuses [`params::ParamLayout`] and [`acts::ActLayout`] unchanged and
-//! provides the ops named in [`cpu::Op`]; [`gpt::Gpt::forward`] and [`gpt::Gpt::backward`] are the
-//! reference op sequence it must follow.
-
+//! The device path ([`device::DeviceGpt`]) reuses [`params::ParamLayout`] and the activation layout
+//! unchanged and runs the same op sequence as [`gpt::Gpt::forward`] / [`gpt::Gpt::backward`] with
+//! the kernels of `kernels/gpt.cu` and [`crate::device::Device::gemm`] (cuBLAS on a GPU, an f32
+//! CPU GEMM on the emulator); its logits go through the fused loss-head kernels
+//! ([`device::DeviceGpt::loss_head`]) and their gradient back through the model. [`file`] is
+//! `aem model init` / `aem model forward`.
+//!
 pub mod acts;
 pub mod adamw;
 pub mod checkpoint;
 pub mod config;
 pub mod cpu;
+pub mod device;
 pub mod elem;
+pub mod file;
 pub mod gpt;
 pub mod params;
 pub mod sample;
@@ -32,6 +37,7 @@ pub use adamw::{AdamW, AdamWConfig};
 pub use checkpoint::{load_checkpoint, save_checkpoint, Checkpoint};
 pub use config::GptConfig;
 pub use cpu::{Op, Profile};
+pub use device::{DevKvCache, DeviceGpt};
 pub use elem::Elem;
 pub use gpt::{cross_entropy, Gpt};
 pub use sample::{SampleParams, Samples};

@@ -4,6 +4,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::cpu::{self, AttnShape};
+use super::gpt::check_tokens;
 use super::params::ParamId;
 use super::{Elem, Gpt, GptConfig, ModelError, Result};
 
@@ -232,75 +233,110 @@ impl<E: Elem> Gpt<E> {
         p: usize,
         params: &SampleParams,
         rng: &mut ChaCha8Rng,
-        mut mask: Option<&mut MaskFn>,
+        mask: Option<&mut MaskFn>,
     ) -> Result<Samples> {
-        let SampleParams {
-            max_new,
-            temperature,
-        } = *params;
-        if !(temperature.is_finite() && temperature >= 0.0) {
-            return Err(ModelError::Invalid {
-                what: "temperature",
-                value: temperature,
-            });
-        }
-        self.check_tokens("sample", prompts, b, p)?;
-        let len = p
-            .checked_add(max_new)
-            .ok_or(ModelError::Overflow { what: "sample" })?;
-        let ctx = self.config().context;
-        if len > ctx {
-            return Err(ModelError::TooLong {
-                op: "sample",
-                t: len,
-                context: ctx,
-            });
-        }
-        let v = self.config().vocab;
-        let mut tokens = vec![0u32; b * len];
-        for (row, pr) in tokens.chunks_exact_mut(len).zip(prompts.chunks_exact(p)) {
-            row[..p].copy_from_slice(pr);
-        }
-        let mut out = Samples {
+        let mut cache: Option<KvCache<E>> = None;
+        sample_with(
+            self.config(),
+            prompts,
             b,
-            len,
-            tokens,
-            logprobs: vec![0.0; b * max_new],
-            entropies: vec![0.0; b * max_new],
-        };
-        let mut cache = KvCache::new(self.config(), b)?;
-        let mut logits = vec![0.0f32; b * v];
-        let mut valid = vec![true; v];
-        let mut z = vec![0.0f32; v];
-        let mut step_tokens = vec![0u32; b];
-        for pos in 0..len.saturating_sub(1) {
-            for (st, row) in step_tokens.iter_mut().zip(out.tokens.chunks_exact(len)) {
-                *st = row[pos];
-            }
-            self.decode_step(&mut cache, &step_tokens, pos, &mut logits)?;
-            if pos + 1 < p {
-                continue;
-            }
-            let i = pos + 1 - p; // index of the new token
-            for (row, lrow) in logits.chunks_exact(v).enumerate() {
-                valid.iter_mut().for_each(|x| *x = true);
-                if let Some(f) = mask.as_mut() {
-                    f(row, &out.tokens[row * len..row * len + pos + 1], &mut valid);
-                }
-                let (tok, lp, ent) = pick(lrow, &valid, temperature, rng, &mut z)
-                    .ok_or(ModelError::EmptyMask { row, t: pos + 1 })?;
-                out.tokens[row * len + pos + 1] = tok;
-                out.logprobs[row * max_new + i] = lp;
-                out.entropies[row * max_new + i] = ent;
-            }
-        }
-        Ok(out)
+            p,
+            params,
+            rng,
+            mask,
+            |tokens, pos, logits| {
+                let c = match cache.as_mut() {
+                    Some(c) => c,
+                    None => cache.insert(KvCache::new(self.config(), b)?),
+                };
+                self.decode_step(c, tokens, pos, logits)
+            },
+        )
     }
+}
+
+/// The sampling loop of every backend: checks the settings and prompts, then for each position
+/// feeds one token per sequence through `step(tokens (B), pos, logits (B, V) f32)` (a decoding
+/// step with a KV cache) and draws the next tokens on the host with [`pick`]. Rows draw from
+/// `rng` in order.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sample_with<Er: From<ModelError>>(
+    cfg: &GptConfig,
+    prompts: &[u32],
+    b: usize,
+    p: usize,
+    params: &SampleParams,
+    rng: &mut ChaCha8Rng,
+    mut mask: Option<&mut MaskFn>,
+    mut step: impl FnMut(&[u32], usize, &mut [f32]) -> std::result::Result<(), Er>,
+) -> std::result::Result<Samples, Er> {
+    let SampleParams {
+        max_new,
+        temperature,
+    } = *params;
+    if !(temperature.is_finite() && temperature >= 0.0) {
+        return Err(ModelError::Invalid {
+            what: "temperature",
+            value: temperature,
+        }
+        .into());
+    }
+    check_tokens(cfg, "sample", prompts, b, p)?;
+    let len = p
+        .checked_add(max_new)
+        .ok_or(ModelError::Overflow { what: "sample" })?;
+    let ctx = cfg.context;
+    if len > ctx {
+        return Err(ModelError::TooLong {
+            op: "sample",
+            t: len,
+            context: ctx,
+        }
+        .into());
+    }
+    let v = cfg.vocab;
+    let mut tokens = vec![0u32; b * len];
+    for (row, pr) in tokens.chunks_exact_mut(len).zip(prompts.chunks_exact(p)) {
+        row[..p].copy_from_slice(pr);
+    }
+    let mut out = Samples {
+        b,
+        len,
+        tokens,
+        logprobs: vec![0.0; b * max_new],
+        entropies: vec![0.0; b * max_new],
+    };
+    let mut logits = vec![0.0f32; b * v];
+    let mut valid = vec![true; v];
+    let mut z = vec![0.0f32; v];
+    let mut step_tokens = vec![0u32; b];
+    for pos in 0..len.saturating_sub(1) {
+        for (st, row) in step_tokens.iter_mut().zip(out.tokens.chunks_exact(len)) {
+            *st = row[pos];
+        }
+        step(&step_tokens, pos, &mut logits)?;
+        if pos + 1 < p {
+            continue;
+        }
+        let i = pos + 1 - p; // index of the new token
+        for (row, lrow) in logits.chunks_exact(v).enumerate() {
+            valid.iter_mut().for_each(|x| *x = true);
+            if let Some(f) = mask.as_mut() {
+                f(row, &out.tokens[row * len..row * len + pos + 1], &mut valid);
+            }
+            let (tok, lp, ent) = pick(lrow, &valid, temperature, rng, &mut z)
+                .ok_or(ModelError::EmptyMask { row, t: pos + 1 })?;
+            out.tokens[row * len + pos + 1] = tok;
+            out.logprobs[row * max_new + i] = lp;
+            out.entropies[row * max_new + i] = ent;
+        }
+    }
+    Ok(out)
 }
 
 /// Draws one token from logits (V) restricted to `valid` at `temperature`; returns
 /// (token, log-prob, entropy), or `None` if no token is valid.
-fn pick(
+pub(crate) fn pick(
     logits: &[f32],
     valid: &[bool],
     temperature: f32,

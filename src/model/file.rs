@@ -1,0 +1,131 @@
+//! `aem model`: initialise a checkpoint from a config file, and run the forward pass of a
+//! checkpoint over a token file on the CPU path, the emulator or a GPU.
+//!
+//! Config file: JSON with any of `vocab`, `context`, `d_model`, `layers`, `heads` (non-negative
+//! integers; absent keys take [`GptConfig::default`]); any other key is an error, so a typo
+//! cannot silently fall back to a default. Example: `{"vocab": 64, "context": 32, "d_model": 32,
+//! "layers": 2, "heads": 4}`.
+//! Token file: safetensors with `tokens` (B, T) as U32, I32 or I64. Output: safetensors with
+//! `logits` (B, T, V) F32, written atomically (nothing is written on an error).
+
+use std::path::Path;
+
+use half::f16;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::Value;
+
+use super::{load_checkpoint, save_checkpoint, AdamW, AdamWConfig, DeviceGpt, Gpt, GptConfig};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::io::{write_tensors, OutTensor, TensorFile};
+
+/// Which executor runs the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// The CPU path (`Gpt<f16>`).
+    #[default]
+    Cpu,
+    /// The device path on the CPU emulator.
+    Emu,
+    /// The device path on GPU 0.
+    Cuda,
+}
+
+fn file_err(path: &Path, reason: impl Into<String>) -> Error {
+    Error::File {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// Reads and validates a config file (format in the module docs).
+pub fn read_config(path: &Path) -> Result<GptConfig> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let v: Value =
+        serde_json::from_str(&text).map_err(|e| file_err(path, format!("not JSON: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| file_err(path, "expected a JSON object"))?;
+    let mut cfg = GptConfig::default();
+    for (k, x) in obj {
+        let slot = match k.as_str() {
+            "vocab" => &mut cfg.vocab,
+            "context" => &mut cfg.context,
+            "d_model" => &mut cfg.d_model,
+            "layers" => &mut cfg.layers,
+            "heads" => &mut cfg.heads,
+            other => {
+                return Err(file_err(
+                    path,
+                    format!(
+                        "unknown key {other:?} (expected vocab, context, d_model, layers, heads)"
+                    ),
+                ))
+            }
+        };
+        *slot = x
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| file_err(path, format!("{k} = {x}: expected a non-negative integer")))?;
+    }
+    cfg.validate().map_err(|e| file_err(path, e.to_string()))?;
+    Ok(cfg)
+}
+
+/// Writes a freshly initialised checkpoint (GPT-2 init from `seed`, fresh AdamW state, step 0).
+pub fn init(config: &Path, out: &Path, seed: u64) -> Result<(GptConfig, usize)> {
+    let cfg = read_config(config)?;
+    let model = Gpt::<f16>::new(cfg, seed)?;
+    let optim = AdamW::new(AdamWConfig::default(), &model)?;
+    let rng = ChaCha8Rng::seed_from_u64(seed);
+    save_checkpoint(out, &model, &optim, &rng, 0).map_err(|e| file_err(out, e.to_string()))?;
+    Ok((cfg, model.num_params()))
+}
+
+/// Runs the forward pass of `checkpoint` over `tokens` (B, T) of `input` and writes `logits`
+/// (B, T, V) f32 to `output`. Returns (B, T, V).
+pub fn forward(
+    checkpoint: &Path,
+    input: &Path,
+    output: &Path,
+    backend: Backend,
+) -> Result<(usize, usize, usize)> {
+    let ck = load_checkpoint::<f16>(checkpoint).map_err(|e| file_err(checkpoint, e.to_string()))?;
+    let mut model = ck.model;
+    let file = TensorFile::open(input)?;
+    let tokens = file.index_u32("tokens")?;
+    let &[b, t] = tokens.shape.as_slice() else {
+        return Err(file_err(
+            input,
+            format!(
+                "tensor \"tokens\": expected shape (B, T), got {:?}",
+                tokens.shape
+            ),
+        ));
+    };
+    let v = model.config().vocab;
+    let in_err = |e: super::ModelError| file_err(input, format!("tokens: {e}"));
+    // The CPU path's checks, on every backend, so a bad file names the input.
+    super::gpt::check_tokens(model.config(), "forward", &tokens.data, b, t).map_err(in_err)?;
+    let logits = match backend {
+        Backend::Cpu => model.forward(&tokens.data, b, t).map_err(in_err)?.to_vec(),
+        Backend::Emu | Backend::Cuda => {
+            let dev = if backend == Backend::Emu {
+                Device::emu()?
+            } else {
+                Device::cuda(0)?
+            };
+            DeviceGpt::from_cpu(&dev, &model)?.forward(&tokens.data, b, t)?
+        }
+    };
+    write_tensors(
+        output,
+        &[("logits", OutTensor::F32(logits, vec![b, t, v]))],
+        None,
+    )?;
+    Ok((b, t, v))
+}
