@@ -15,6 +15,7 @@
 //! 5. [`model`] — the small f16 GPT (CPU path): forward, backward, AdamW, KV-cache sampling,
 //!    GPT-2-layout safetensors checkpoints.
 //! 6. [`env`] — multi-turn text environments (FogLake, KeyRooms, TinyShop) for the trainer.
+//! 7. [`train`] — the RL trainer: rollouts, advantages, AEM, PPO updates, evaluation, runs.
 
 pub mod advantage;
 pub mod cpu;
@@ -24,5 +25,6 @@ pub mod error;
 pub mod head;
 pub mod io;
 pub mod model;
+pub mod train;
 
 pub use error::{Error, Result};
