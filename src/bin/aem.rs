@@ -32,6 +32,7 @@ enum Cmd {
 }
 
 #[derive(Args, Default)]
+#[command(allow_negative_numbers = true)]
 struct TrainArgs {
     /// TOML config file (any subset of the keys of a run's config.toml).
     #[arg(long)]
@@ -233,6 +234,9 @@ fn train_cmd(a: TrainArgs) -> Result<(), TrainError> {
     } else {
         a.resolve()?
     };
+    if a.resume.is_none() {
+        aem::train::run::check_backend(cfg.validate()?.backend)?;
+    }
     if a.resume.is_none() && !a.quiet {
         eprintln!(
             "aem train: {} | {}{} | {} tasks x {} rollouts | {} RL steps{} | backend {}",
@@ -492,8 +496,42 @@ fn head(a: HeadArgs) -> aem::Result<()> {
     Ok(())
 }
 
+/// Parses the command line; usage errors are reported as one line (help and version as usual).
+fn parse_cli() -> Result<Cli, ExitCode> {
+    use clap::error::ErrorKind;
+    Cli::try_parse().map_err(|e| match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        _ => {
+            // The message is the text before "Usage:", less clap's tips, joined into one line.
+            let text = e.render().to_string();
+            let msg: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+                .collect();
+            let msg = msg.join(" ");
+            let msg = msg.trim_start_matches("error: ");
+            eprintln!("aem: error: {msg} (see --help)");
+            ExitCode::from(2)
+        }
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
     let r = match cli.cmd {
         Cmd::Head(a) => head(a).map_err(|e| e.to_string()),
         Cmd::DemoInput(a) => demo_input(a).map_err(|e| e.to_string()),

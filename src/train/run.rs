@@ -64,6 +64,15 @@ fn adamw_config(cfg: &TrainConfig) -> AdamWConfig {
     }
 }
 
+/// Only the CPU backend drives the model for now: the others are a one-line error.
+pub fn check_backend(b: Backend) -> Result<(), TrainError> {
+    match b {
+        Backend::Cpu => Ok(()),
+        Backend::Emu => Err(TrainError::Backend("emu")),
+        Backend::Cuda => Err(TrainError::Backend("cuda")),
+    }
+}
+
 /// The trainer's state.
 pub struct Trainer {
     pub cfg: TrainConfig,
@@ -84,11 +93,7 @@ impl Trainer {
     /// A fresh trainer (validates the config; only the CPU backend is wired).
     pub fn new(cfg: TrainConfig) -> Result<Self, TrainError> {
         let res = cfg.validate()?;
-        match res.backend {
-            Backend::Cpu => {}
-            Backend::Emu => return Err(TrainError::Backend("emu")),
-            Backend::Cuda => return Err(TrainError::Backend("cuda")),
-        }
+        check_backend(res.backend)?;
         let level = env::level(&cfg.env.level)?;
         let model = Gpt::<f16>::new(gpt_config(&cfg, &level), cfg.run.seed)?;
         let optim = AdamW::new(adamw_config(&cfg), &model)?;
