@@ -17,7 +17,11 @@ fn fails(args: &[&str], cwd: &Path) -> String {
     let o = aem(args, cwd);
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(!o.status.success(), "{args:?} succeeded: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: not one line: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "{args:?}: not one line: {err}"
+    );
     assert!(err.starts_with("aem: error: "), "{err}");
     err
 }
@@ -42,7 +46,13 @@ const TINY: &[&str] = &[
 fn train_then_eval_then_resume() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut args = vec!["train", "--level", "keyrooms-train", "--ood-level", "keyrooms-hard"];
+    let mut args = vec![
+        "train",
+        "--level",
+        "keyrooms-train",
+        "--ood-level",
+        "keyrooms-hard",
+    ];
     args.extend_from_slice(TINY);
     args.extend_from_slice(&["--steps", "3", "--until", "2", "--out", "run"]);
     let o = aem(&args, d);
@@ -50,7 +60,10 @@ fn train_then_eval_then_resume() {
     assert!(o.status.success(), "{err}");
     assert!(err.contains("iterations 2/3"), "{err}");
     let cfg = std::fs::read_to_string(d.join("run/config.toml")).unwrap();
-    assert!(cfg.contains("level = \"keyrooms-train\"") && cfg.contains("d_model = 16"), "{cfg}");
+    assert!(
+        cfg.contains("level = \"keyrooms-train\"") && cfg.contains("d_model = 16"),
+        "{cfg}"
+    );
 
     // Resume refuses config flags, then finishes the run.
     let e = fails(&["train", "--resume", "run", "--lr", "0.1"], d);
@@ -61,11 +74,31 @@ fn train_then_eval_then_resume() {
     assert!(err.contains("iterations 3/3"), "{err}");
 
     // Eval: a table with both levels and the three policies.
-    let o = aem(&["eval", "--checkpoint", "run", "--tasks", "5", "--quiet", "--json", "e.json"], d);
+    let o = aem(
+        &[
+            "eval",
+            "--checkpoint",
+            "run",
+            "--tasks",
+            "5",
+            "--quiet",
+            "--json",
+            "e.json",
+        ],
+        d,
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let table = String::from_utf8_lossy(&o.stdout);
     assert_eq!(table.lines().count(), 7, "{table}");
-    for w in ["keyrooms-train", "keyrooms-hard", "held-out", "ood", "greedy", "sampled", "random-valid"] {
+    for w in [
+        "keyrooms-train",
+        "keyrooms-hard",
+        "held-out",
+        "ood",
+        "greedy",
+        "sampled",
+        "random-valid",
+    ] {
         assert!(table.contains(w), "{w} missing: {table}");
     }
     let rows: serde_json::Value =
@@ -92,17 +125,23 @@ fn bad_flags_are_one_line_errors() {
         (&["train", "--steps", "0"], "run.steps = 0"),
         (&["train", "--advantage", "ppo"], "algo.advantage = ppo"),
         (&["train", "--level", "mars"], "env.level"),
-        (&["train", "--level", "keyrooms-train"], "env.ood_level"),
+        (&["train", "--level", "foglake-proto"], "env.ood_level"),
         (&["train", "--mask", "none"], "env.mask = none"),
         (&["train", "--agg", "sum"], "unknown aggregation"),
         (&["train", "--set", "optim.nope=1"], "unknown key \"nope\""),
         (&["train", "--set", "lr"], "expected section.key=value"),
         (&["train", "--set", "optim.lr=fast"], "optim.lr=fast"),
-        (&["train", "--backend", "emu", "--quiet"], "backend emu: the device model path is not available yet"),
+        (
+            &["train", "--backend", "emu", "--quiet"],
+            "backend emu: the device model path is not available yet",
+        ),
         (&["train", "--backend", "tpu"], "run.backend = tpu"),
         (&["train", "--config", "missing.toml"], "missing.toml"),
         (&["train", "--resume", "nowhere"], "nothing to resume"),
-        (&["eval", "--checkpoint", "nowhere.safetensors"], "no such checkpoint"),
+        (
+            &["eval", "--checkpoint", "nowhere.safetensors"],
+            "no such checkpoint",
+        ),
         (&["eval"], "--checkpoint"),
     ];
     for (args, want) in cases {
@@ -116,13 +155,19 @@ fn bad_config_files_are_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let cases: &[(&str, &str)] = &[
-        ("[optim]\nlr = 1e-3\nlrr = 2\n", "line 3, column 1: unknown field `lrr`"),
+        (
+            "[optim]\nlr = 1e-3\nlrr = 2\n",
+            "line 3, column 1: unknown field `lrr`",
+        ),
         ("[optim]\nlr = \"fast\"\n", "line 2"),
         ("[optim\nlr = 1\n", "line 1"),
         ("[oops]\nx = 1\n", "unknown field `oops`"),
         ("[run]\nsteps = -3\n", "line 2"),
         ("[algo]\nclip_low = -0.1\n", "algo.clip_low = -0.1"),
-        ("[model]\nd_model = 30\nheads = 4\n", "model.heads = 4: must divide"),
+        (
+            "[model]\nd_model = 30\nheads = 4\n",
+            "model.heads = 4: must divide",
+        ),
     ];
     for (i, (text, want)) in cases.iter().enumerate() {
         let name = format!("c{i}.toml");
@@ -132,7 +177,11 @@ fn bad_config_files_are_one_line_errors() {
         assert!(e.contains(&name) || !want.starts_with("line"), "{e}");
     }
     // A good partial file works with flags on top (validated, then refused for the backend).
-    std::fs::write(d.join("ok.toml"), "[algo]\naem = false\n[run]\nbackend = \"cuda\"\n").unwrap();
+    std::fs::write(
+        d.join("ok.toml"),
+        "[algo]\naem = false\n[run]\nbackend = \"cuda\"\n",
+    )
+    .unwrap();
     let e = fails(&["train", "--config", "ok.toml"], d);
     assert!(e.contains("backend cuda"), "{e}");
 }

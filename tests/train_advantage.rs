@@ -28,7 +28,16 @@ fn rollouts(level_name: &str, tasks: usize, n: usize, seed: u64) -> Rollouts {
         .map(|s| env::train_task(&level, s + 100 * seed).unwrap())
         .collect();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rollout::collect(&model, &ts, n, PromptConfig::default(), 1.0, &mut rng, |_, _| {}).unwrap()
+    rollout::collect(
+        &model,
+        &ts,
+        n,
+        PromptConfig::default(),
+        1.0,
+        &mut rng,
+        |_, _| {},
+    )
+    .unwrap()
 }
 
 fn cfg_with(adv: &str) -> TrainConfig {
@@ -51,7 +60,7 @@ fn mixed(level: &str) -> Rollouts {
         let ro = rollouts(level, 6, 8, seed);
         let any_mixed = (0..ro.n_groups).any(|g| {
             let r = group_rewards(&ro, g);
-            r.iter().any(|&x| x > 0.0) && r.iter().any(|&x| x == 0.0)
+            r.iter().any(|&x| x > 0.0) && r.contains(&0.0)
         });
         if any_mixed {
             return ro;
@@ -65,11 +74,7 @@ fn outcome_estimators_on_rollout_groups() {
     for level in ["keyrooms-train", "foglake-proto"] {
         let ro = mixed(level);
         assert_eq!(ro.trajs.len(), 6 * 8);
-        for (name, f) in [
-            ("grpo", 0usize),
-            ("dr-grpo", 1),
-            ("rloo", 2),
-        ] {
+        for (name, f) in [("grpo", 0usize), ("dr-grpo", 1), ("rloo", 2)] {
             let c = cfg_with(name);
             let res = c.validate().unwrap();
             let adv = base_advantages(&ro, &c, &res).unwrap();
@@ -140,7 +145,7 @@ fn gigpo_anchor_groups_from_canonical_observations() {
         // Every task's first observation is shared by its N rollouts: one anchor of size N.
         for tr in &ro.trajs {
             let first = &ro.turns[tr.turns[0]];
-            assert_eq!(anchors[&(tr.group, first.obs.clone())].len() >= 8, true);
+            assert!(anchors[&(tr.group, first.obs.clone())].len() >= 8);
         }
         let multi = anchors.values().filter(|m| m.len() > 1).count();
         assert!(multi >= ro.n_groups, "{level}: {multi} anchor groups");
@@ -150,7 +155,11 @@ fn gigpo_anchor_groups_from_canonical_observations() {
                 let tr = &ro.trajs[ro.turns[t].traj];
                 let rs = group_rewards(&ro, tr.group);
                 let a_e = f64::from(tr.reward) - rs.iter().sum::<f64>() / rs.len() as f64;
-                let a_s = if members.len() > 1 { ret[t] - mean } else { 0.0 };
+                let a_s = if members.len() > 1 {
+                    ret[t] - mean
+                } else {
+                    0.0
+                };
                 assert!(
                     (adv[t] - (a_e + omega * a_s)).abs() < 1e-9,
                     "{level}: turn {t}: {} vs {}",

@@ -49,7 +49,11 @@ fn masked_logits_equal_the_masked_distribution() {
             .map(|v| rng.random_range(-12.0f32..12.0) + 0.01 * v as f32)
             .collect();
         let mut mask = 0u64;
-        let want = if row % 7 == 0 { 1 } else { rng.random_range(2..V) };
+        let want = if row % 7 == 0 {
+            1
+        } else {
+            rng.random_range(2..V)
+        };
         while (mask.count_ones() as usize) < want {
             mask |= 1u64 << rng.random_range(0..V);
         }
@@ -60,7 +64,9 @@ fn masked_logits_equal_the_masked_distribution() {
         // The full-V row with invalid entries at −65504.
         let mut full = Vec::new();
         masked_rows(&logits, V, &[0], &[mask], &mut full);
-        assert!(valid.iter().all(|&v| full[v] != f16::from_f32(MASKED_LOGIT)));
+        assert!(valid
+            .iter()
+            .all(|&v| full[v] != f16::from_f32(MASKED_LOGIT)));
         // The masked distribution as a problem over the valid columns only.
         let reduced: Vec<f16> = valid.iter().map(|&v| f16::from_f32(logits[v])).collect();
         let y_red = valid.iter().position(|&v| v == y).unwrap() as u32;
@@ -72,10 +78,10 @@ fn masked_logits_equal_the_masked_distribution() {
         // except for added exact zeros, so equality is exact.
         assert_eq!(lp_f, lp_r, "row {row}: logp");
         assert_eq!(h_f, h_r, "row {row}: entropy");
-        for v in 0..V {
+        for (v, &d) in d_f.iter().enumerate() {
             match valid.iter().position(|&u| u == v) {
-                Some(j) => assert_eq!(d_f[v], d_r[j], "row {row}: dlogits[{v}]"),
-                None => assert_eq!(d_f[v], 0.0, "row {row}: invalid dlogits[{v}]"),
+                Some(j) => assert_eq!(d, d_r[j], "row {row}: dlogits[{v}]"),
+                None => assert_eq!(d, 0.0, "row {row}: invalid dlogits[{v}]"),
             }
         }
         if valid.len() == 1 {
@@ -102,7 +108,9 @@ fn sampler_statistics_match_the_loss_head() {
         heads: 2,
     };
     let model = Gpt::<f16>::new(cfg, 3).unwrap();
-    let tasks: Vec<_> = (0..2).map(|s| env::train_task(&level, s).unwrap()).collect();
+    let tasks: Vec<_> = (0..2)
+        .map(|s| env::train_task(&level, s).unwrap())
+        .collect();
     let pc = PromptConfig::default();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let ro = rollout::collect(&model, &tasks, 3, pc, 1.0, &mut rng, |_, _| {}).unwrap();
@@ -114,7 +122,11 @@ fn sampler_statistics_match_the_loss_head() {
             let t = &ro.turns[ti];
             assert_eq!(t.prompt, ep.prompt());
             for k in 0..t.response.len() {
-                assert_eq!(t.masks[k], ep.valid_next(&t.response[..k]).0, "turn {ti} token {k}");
+                assert_eq!(
+                    t.masks[k],
+                    ep.valid_next(&t.response[..k]).0,
+                    "turn {ti} token {k}"
+                );
             }
             ep.step(&t.response);
         }
@@ -127,15 +139,23 @@ fn sampler_statistics_match_the_loss_head() {
         seq.extend_from_slice(&t.response[..t.response.len() - 1]);
         let tt = seq.len();
         let logits = m.forward(&seq, 1, tt).unwrap().to_vec();
-        let rows: Vec<usize> = (0..t.response.len()).map(|k| t.prompt.len() - 1 + k).collect();
+        let rows: Vec<usize> = (0..t.response.len())
+            .map(|k| t.prompt.len() - 1 + k)
+            .collect();
         let mut full = Vec::new();
         masked_rows(&logits, cfg.vocab, &rows, &t.masks, &mut full);
         let ts = cpu::token_stats_of::<f64, f16>(&full, cfg.vocab, &t.response, 1.0);
         for k in 0..t.response.len() {
-            assert!(t.masks[k] & (1u64 << t.response[k]) != 0, "token outside its mask");
+            assert!(
+                t.masks[k] & (1u64 << t.response[k]) != 0,
+                "token outside its mask"
+            );
             // f16 rounding of logits of size ≲ 1 moves logp by ≲ 1e-3.
             assert!((ts.logp[k] - f64::from(t.logp[k])).abs() < 5e-3, "logp {k}");
-            assert!((ts.entropy[k] - f64::from(t.entropy[k])).abs() < 5e-3, "entropy {k}");
+            assert!(
+                (ts.entropy[k] - f64::from(t.entropy[k])).abs() < 5e-3,
+                "entropy {k}"
+            );
         }
     }
 }

@@ -3,8 +3,8 @@
 
 mod train_support;
 
-use aem::train::metrics::{read_jsonl, TIMING_FIELDS};
 use aem::model::load_checkpoint;
+use aem::train::metrics::{read_jsonl, TIMING_FIELDS};
 use aem::train::{train, RunOptions};
 use half::f16;
 
@@ -71,7 +71,10 @@ fn resume_is_bit_identical() {
     let ca = load_checkpoint::<f16>(&a.join("checkpoint.safetensors")).unwrap();
     let cb = load_checkpoint::<f16>(&b.join("checkpoint.safetensors")).unwrap();
     let bits = |x: &[f16]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-    assert!(bits(ca.model.params()) == bits(cb.model.params()), "parameters differ");
+    assert!(
+        bits(ca.model.params()) == bits(cb.model.params()),
+        "parameters differ"
+    );
     assert!(ca.optim == cb.optim, "optimizer state differs");
     assert_eq!(ca.rng, cb.rng);
     assert_eq!(ca.step, cb.step);

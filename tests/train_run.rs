@@ -33,7 +33,10 @@ fn short_run_is_finite_and_complete() {
         "summary.json",
     ] {
         let p = out.join(f);
-        assert!(p.is_file() && std::fs::metadata(&p).unwrap().len() > 0, "{f} missing");
+        assert!(
+            p.is_file() && std::fs::metadata(&p).unwrap().len() > 0,
+            "{f} missing"
+        );
     }
     for f in ["success.png", "entropy.png", "aem.png"] {
         let bytes = std::fs::read(out.join(f)).unwrap();
@@ -128,7 +131,10 @@ fn unwired_backends_are_one_line_errors() {
     for b in ["emu", "cuda"] {
         let mut cfg = train_support::tiny("foglake-proto", "foglake-hard");
         cfg.run.backend = b.into();
-        let e = aem::train::run::Trainer::new(cfg).err().unwrap().to_string();
+        let e = aem::train::run::Trainer::new(cfg)
+            .err()
+            .unwrap()
+            .to_string();
         assert_eq!(
             e,
             format!("backend {b}: the device model path is not available yet (use --backend cpu)")

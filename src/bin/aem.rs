@@ -2,8 +2,8 @@
 
 use aem::head::file::{self, Backend, GradDtype};
 use aem::head::{Aggregation, HeadConfig};
-use clap::{Args, Parser, Subcommand, ValueEnum};
 use aem::train::{train, RunOptions, TrainConfig, TrainError};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -42,8 +42,8 @@ pub struct EnvConfig {
 impl Default for EnvConfig {
     fn default() -> Self {
         Self {
-            level: "foglake-proto".into(),
-            ood_level: "foglake-hard".into(),
+            level: "keyrooms-train".into(),
+            ood_level: "keyrooms-hard".into(),
             history: 0,
             mask: "admissible".into(),
         }
@@ -230,7 +230,7 @@ pub struct RunConfig {
 impl Default for RunConfig {
     fn default() -> Self {
         Self {
-            steps: 300,
+            steps: 450,
             seed: 0,
             eval_every: 25,
             eval_tasks: 256,
@@ -374,7 +374,9 @@ impl TrainConfig {
         let sec = table
             .get_mut(section)
             .and_then(toml::Value::as_table_mut)
-            .ok_or_else(|| TrainError::Config(format!("--set {key}: unknown section {section:?}")))?;
+            .ok_or_else(|| {
+                TrainError::Config(format!("--set {key}: unknown section {section:?}"))
+            })?;
         if !sec.contains_key(field) && !OPTIONAL_KEYS.contains(&key) {
             return Err(TrainError::Config(format!(
                 "--set {key}: unknown key {field:?} in [{section}]"
@@ -490,13 +492,20 @@ impl TrainConfig {
             ));
         }
         if !self.algo.gigpo_omega.is_finite() {
-            return Err(bad("algo.gigpo_omega", self.algo.gigpo_omega, "must be finite"));
+            return Err(bad(
+                "algo.gigpo_omega",
+                self.algo.gigpo_omega,
+                "must be finite",
+            ));
         }
         finite_pos("optim.lr", self.optim.lr)?;
         finite_pos("warmup.lr", self.warmup.lr)?;
         finite_pos("optim.eps", self.optim.eps)?;
         finite_nonneg("optim.weight_decay", self.optim.weight_decay)?;
-        for (key, b) in [("optim.beta1", self.optim.beta1), ("optim.beta2", self.optim.beta2)] {
+        for (key, b) in [
+            ("optim.beta1", self.optim.beta1),
+            ("optim.beta2", self.optim.beta2),
+        ] {
             if !(0.0..1.0).contains(&b) {
                 return Err(bad(key, b, "must be in [0, 1)"));
             }
@@ -535,7 +544,9 @@ impl TrainConfig {
         match schedule {
             Schedule::Constant => base,
             Schedule::Linear => base + (min - base) * frac,
-            Schedule::Cosine => min + (base - min) * 0.5 * (1.0 + (std::f32::consts::PI * frac).cos()),
+            Schedule::Cosine => {
+                min + (base - min) * 0.5 * (1.0 + (std::f32::consts::PI * frac).cos())
+            }
         }
     }
 }
@@ -554,7 +565,10 @@ fn toml_error_line(text: &str, e: &toml::de::Error) -> String {
         Some(span) => {
             let before = text.get(..span.start).unwrap_or(text);
             let line = before.matches('\n').count() + 1;
-            let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+            let col = before
+                .rfind('\n')
+                .map_or(before.len(), |i| before.len() - i - 1)
+                + 1;
             format!("line {line}, column {col}: {msg}")
         }
         None => msg,

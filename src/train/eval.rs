@@ -87,7 +87,11 @@ pub fn evaluate(
     let ro = match mode {
         Mode::RandomValid => random_valid_rollouts(tasks, prompt_cfg, &mut rng),
         Mode::Greedy | Mode::Sampled => {
-            let t = if mode == Mode::Greedy { 0.0 } else { temperature };
+            let t = if mode == Mode::Greedy {
+                0.0
+            } else {
+                temperature
+            };
             rollout::collect(model, tasks, 1, prompt_cfg, t, &mut rng, |live, total| {
                 progress(total - live, total)
             })?
@@ -163,15 +167,15 @@ pub fn table(rows: &[EvalRow]) -> String {
     );
     for r in rows {
         let e = &r.result;
+        let ci = format!("[{:.3}, {:.3}]", e.ci95.0, e.ci95.1);
         s.push_str(&format!(
-            "{:<16} {:<9} {:<13} {:>6} {:>8.3}  [{:.3}, {:.3}]  {:>6.2}\n",
+            "{:<16} {:<9} {:<13} {:>6} {:>8.3}  {:<15} {:>6.2}\n",
             r.level,
             r.split,
             e.mode.name(),
             e.tasks,
             e.success,
-            e.ci95.0,
-            e.ci95.1,
+            ci,
             e.mean_turns
         ));
     }

@@ -150,6 +150,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(path, "write"))?;
     tmp.write_all(bytes).map_err(io(path, "write"))?;
     tmp.as_file().sync_all().map_err(io(path, "write"))?;
+    // Temporary files are created 0600; a run's files are ordinary readable files.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(io(path, "write"))?;
+    }
     tmp.persist(path)
         .map_err(|e| io(path, "write")(e.error))
         .map(|_| ())
@@ -178,8 +186,7 @@ fn font_available() -> bool {
         for c in candidates {
             if let Ok(bytes) = std::fs::read(&c) {
                 let leaked: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-                if plotters::style::register_font("sans-serif", FontStyle::Normal, leaked).is_ok()
-                {
+                if plotters::style::register_font("sans-serif", FontStyle::Normal, leaked).is_ok() {
                     return true;
                 }
             }
@@ -287,7 +294,10 @@ pub fn smooth(pts: &[(f64, f64)], w: usize) -> Vec<(f64, f64)> {
         .map(|i| {
             let lo = i.saturating_sub(w - 1);
             let win = &pts[lo..=i];
-            (pts[i].0, win.iter().map(|p| p.1).sum::<f64>() / win.len() as f64)
+            (
+                pts[i].0,
+                win.iter().map(|p| p.1).sum::<f64>() / win.len() as f64,
+            )
         })
         .collect()
 }

@@ -152,8 +152,11 @@ impl Trainer {
     pub fn tasks_for(&self, k: u64, n: usize) -> Result<Vec<Task>, TrainError> {
         (0..n as u64)
             .map(|j| {
-                env::train_task(&self.level, derive_seed(self.cfg.run.seed, "task", k * 1_000_003 + j))
-                    .map_err(TrainError::from)
+                env::train_task(
+                    &self.level,
+                    derive_seed(self.cfg.run.seed, "task", k * 1_000_003 + j),
+                )
+                .map_err(TrainError::from)
             })
             .collect()
     }
@@ -206,7 +209,8 @@ impl Trainer {
             let ro = warmup::random_valid_rollouts(&tasks, self.prompt, &mut self.rng);
             let sample_s = t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
-            let us = warmup::imitation_step(&mut self.model, &mut self.optim, &ro, self.cfg.warmup.lr)?;
+            let us =
+                warmup::imitation_step(&mut self.model, &mut self.optim, &ro, self.cfg.warmup.lr)?;
             let update_s = t1.elapsed().as_secs_f64();
             rec.phase = "imitation".into();
             rec.loss = Some(us.loss);
@@ -264,7 +268,11 @@ impl Trainer {
         let fmin = al.alpha.iter().copied().fold(f64::INFINITY, f64::min);
         let fmax = al.alpha.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let count = |f: &dyn Fn(f64, f64) -> bool| {
-            base.iter().zip(&al.alpha).filter(|(b, a)| f(**b, **a)).count() as f64 / r
+            base.iter()
+                .zip(&al.alpha)
+                .filter(|(b, a)| f(**b, **a))
+                .count() as f64
+                / r
         };
         rec.phase = "rl".into();
         rec.train_success = Some(ro.success());
@@ -351,7 +359,7 @@ fn progress_bar(show: bool, total: u64, pos: u64) -> ProgressBar {
         ProgressBar::hidden()
     };
     if let Ok(style) = ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} (eta {eta}) {msg}",
+        "{spinner} [{elapsed_precise}] {bar:24} {pos}/{len} (eta {eta}) {msg}",
     ) {
         pb.set_style(style);
     }
@@ -381,12 +389,15 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary, TrainErr
         let trainer = Trainer::new(cfg)?;
         let dir = match &opts.out {
             Some(d) => {
-                if d.join(CONFIG).exists() || d.join(METRICS).exists() || d.join(CHECKPOINT).exists()
+                if d.join(CONFIG).exists()
+                    || d.join(METRICS).exists()
+                    || d.join(CHECKPOINT).exists()
                 {
                     return Err(TrainError::RunDir {
                         path: d.clone(),
-                        why: "already holds a run; continue it with --resume or choose another --out"
-                            .into(),
+                        why:
+                            "already holds a run; continue it with --resume or choose another --out"
+                                .into(),
                     });
                 }
                 d.clone()

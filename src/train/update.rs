@@ -130,11 +130,7 @@ pub fn alpha_of(ro: &Rollouts, cfg: &TrainConfig) -> Result<AlphaStats, TrainErr
     };
     let rs = cpu::resp_stats(&inp, &ts);
     let a = cpu::aem_alpha(&inp, &hcfg, &layout, &rs.mean_entropy);
-    let alpha = if cfg.algo.aem {
-        a.alpha
-    } else {
-        vec![1.0; r]
-    };
+    let alpha = if cfg.algo.aem { a.alpha } else { vec![1.0; r] };
     Ok(AlphaStats {
         alpha,
         mean_entropy: rs.mean_entropy,
@@ -248,7 +244,13 @@ fn pack(ro: &Rollouts, idx: &[usize], adv: &[f64]) -> Result<Packed, TrainError>
 
 /// Writes the logits of the owned rows as f16 with invalid tokens at [`MASKED_LOGIT`]:
 /// logits (B·T, V) f32 → out (N_tok, V) f16.
-pub fn masked_rows(logits: &[f32], vocab: usize, rows: &[usize], masks: &[u64], out: &mut Vec<f16>) {
+pub fn masked_rows(
+    logits: &[f32],
+    vocab: usize,
+    rows: &[usize],
+    masks: &[u64],
+    out: &mut Vec<f16>,
+) {
     out.clear();
     out.reserve(rows.len() * vocab);
     for (&r, &m) in rows.iter().zip(masks) {

@@ -46,6 +46,9 @@ pub fn random_valid_rollouts(
             }
             let won_before = ep.reward();
             let res = ep.step(&response);
+            if response.is_empty() {
+                continue; // nothing to imitate (never happens: a mask is never empty at start)
+            }
             traj.turns.push(out.turns.len());
             out.turns.push(Turn {
                 traj: ti,
