@@ -16,6 +16,7 @@
 //!    safetensors checkpoints; the CPU path and the device path (`kernels/gpt.cu` + GEMMs over
 //!    [`device::Device`], with the loss-head kernels in the loop).
 //! 6. [`env`] — multi-turn text environments (FogLake, KeyRooms, TinyShop) for the trainer.
+//! 7. [`train`] — the RL trainer: rollouts, advantages, AEM, PPO updates, evaluation, runs.
 
 pub mod advantage;
 pub mod cpu;
@@ -25,5 +26,6 @@ pub mod error;
 pub mod head;
 pub mod io;
 pub mod model;
+pub mod train;
 
 pub use error::{Error, Result};

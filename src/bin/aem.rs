@@ -2,7 +2,9 @@
 
 use aem::head::file::{self, Backend, GradDtype};
 use aem::head::{Aggregation, HeadConfig};
+use aem::train::{train, RunOptions, TrainConfig, TrainError};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -26,6 +28,333 @@ enum Cmd {
     /// The small f16 GPT: initialise a checkpoint, run a forward pass.
     #[command(subcommand)]
     Model(ModelCmd),
+    /// Train a policy with RL (default: FogLake, GiGPO + AEM, CPU); see README "Training an agent".
+    Train(Box<TrainArgs>),
+    /// Evaluate a checkpoint on held-out tasks and the OOD level (greedy, sampled, random valid).
+    Eval(EvalArgs),
+}
+
+#[derive(Args, Default)]
+#[command(allow_negative_numbers = true)]
+struct TrainArgs {
+    /// TOML config file (any subset of the keys of a run's config.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Training level (foglake-proto, keyrooms-train, tinyshop-train, ...).
+    #[arg(long)]
+    level: Option<String>,
+    /// Out-of-distribution level for evaluation (same env as --level).
+    #[arg(long)]
+    ood_level: Option<String>,
+    /// Base advantage: grpo | dr-grpo | rloo | gigpo.
+    #[arg(long)]
+    advantage: Option<String>,
+    /// Rescale advantages with AEM (true | false).
+    #[arg(long)]
+    aem: Option<bool>,
+    /// AEM λ.
+    #[arg(long)]
+    lambda: Option<f32>,
+    /// AEM range guard δ.
+    #[arg(long)]
+    delta: Option<f32>,
+    /// RL iterations.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Tasks per iteration (B).
+    #[arg(long)]
+    tasks: Option<usize>,
+    /// Rollouts per task (N).
+    #[arg(long)]
+    rollouts: Option<usize>,
+    /// Past turns in the prompt (k).
+    #[arg(long)]
+    history: Option<usize>,
+    /// Validity mask: admissible | grammar.
+    #[arg(long)]
+    mask: Option<String>,
+    /// Learning rate.
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Learning-rate schedule: constant | cosine | linear.
+    #[arg(long)]
+    schedule: Option<String>,
+    /// PPO epochs per iteration.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Minibatches per epoch.
+    #[arg(long)]
+    minibatches: Option<usize>,
+    #[arg(long)]
+    clip_low: Option<f32>,
+    #[arg(long)]
+    clip_high: Option<f32>,
+    /// Gradient-norm clip.
+    #[arg(long)]
+    grad_clip: Option<f32>,
+    /// token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
+    #[arg(long)]
+    agg: Option<String>,
+    /// Imitation warm-up iterations (uniformly random valid policy) before RL.
+    #[arg(long)]
+    warmup_steps: Option<u64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Evaluate held-out success every this many RL iterations (0 = only at the end).
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// Held-out tasks per evaluation during training.
+    #[arg(long)]
+    eval_tasks: Option<usize>,
+    /// Checkpoint every this many iterations (and at the end).
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+    /// cpu | emu | cuda (only cpu drives the model for now).
+    #[arg(long)]
+    backend: Option<String>,
+    /// Any config key: --set section.key=value (repeatable), e.g. --set optim.beta2=0.999.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Run directory (default: runs/<level>-<advantage>[-aem]-s<seed>, made unique).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in this directory from its checkpoint, with its own config.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Stop after this iteration (checkpoint written; continue later with --resume).
+    #[arg(long)]
+    until: Option<u64>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl TrainArgs {
+    /// The config flags given, by name (used to refuse them with --resume).
+    fn config_flags(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        let mut add = |given: bool, name: &'static str| {
+            if given {
+                v.push(name);
+            }
+        };
+        add(self.config.is_some(), "--config");
+        add(self.level.is_some(), "--level");
+        add(self.ood_level.is_some(), "--ood-level");
+        add(self.advantage.is_some(), "--advantage");
+        add(self.aem.is_some(), "--aem");
+        add(self.lambda.is_some(), "--lambda");
+        add(self.delta.is_some(), "--delta");
+        add(self.steps.is_some(), "--steps");
+        add(self.tasks.is_some(), "--tasks");
+        add(self.rollouts.is_some(), "--rollouts");
+        add(self.history.is_some(), "--history");
+        add(self.mask.is_some(), "--mask");
+        add(self.lr.is_some(), "--lr");
+        add(self.schedule.is_some(), "--schedule");
+        add(self.epochs.is_some(), "--epochs");
+        add(self.minibatches.is_some(), "--minibatches");
+        add(self.clip_low.is_some(), "--clip-low");
+        add(self.clip_high.is_some(), "--clip-high");
+        add(self.grad_clip.is_some(), "--grad-clip");
+        add(self.agg.is_some(), "--agg");
+        add(self.warmup_steps.is_some(), "--warmup-steps");
+        add(self.seed.is_some(), "--seed");
+        add(self.eval_every.is_some(), "--eval-every");
+        add(self.eval_tasks.is_some(), "--eval-tasks");
+        add(self.checkpoint_every.is_some(), "--checkpoint-every");
+        add(self.backend.is_some(), "--backend");
+        add(!self.sets.is_empty(), "--set");
+        add(self.out.is_some(), "--out");
+        v
+    }
+
+    /// The run's config: defaults, then the file, then the flags, then each --set.
+    fn resolve(&self) -> Result<TrainConfig, TrainError> {
+        let mut c = match &self.config {
+            Some(p) => TrainConfig::from_toml_file(p)?,
+            None => TrainConfig::default(),
+        };
+        macro_rules! put {
+            ($field:expr, $dst:expr) => {
+                if let Some(v) = $field.clone() {
+                    $dst = v;
+                }
+            };
+        }
+        put!(self.level, c.env.level);
+        put!(self.ood_level, c.env.ood_level);
+        put!(self.advantage, c.algo.advantage);
+        put!(self.aem, c.algo.aem);
+        put!(self.lambda, c.algo.lambda);
+        put!(self.delta, c.algo.delta);
+        put!(self.steps, c.run.steps);
+        put!(self.tasks, c.rollout.tasks);
+        put!(self.rollouts, c.rollout.rollouts);
+        put!(self.history, c.env.history);
+        put!(self.mask, c.env.mask);
+        put!(self.lr, c.optim.lr);
+        put!(self.schedule, c.optim.schedule);
+        put!(self.epochs, c.optim.epochs);
+        put!(self.minibatches, c.optim.minibatches);
+        put!(self.clip_low, c.algo.clip_low);
+        put!(self.clip_high, c.algo.clip_high);
+        if let Some(g) = self.grad_clip {
+            c.optim.grad_clip = Some(g);
+        }
+        put!(self.agg, c.algo.agg);
+        put!(self.warmup_steps, c.warmup.steps);
+        put!(self.seed, c.run.seed);
+        put!(self.eval_every, c.run.eval_every);
+        put!(self.eval_tasks, c.run.eval_tasks);
+        put!(self.checkpoint_every, c.run.checkpoint_every);
+        put!(self.backend, c.run.backend);
+        for s in &self.sets {
+            c.set(s)?;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn train_cmd(a: TrainArgs) -> Result<(), TrainError> {
+    let progress = !a.quiet && std::io::stderr().is_terminal();
+    let opts = RunOptions {
+        out: a.out.clone(),
+        resume: a.resume.clone(),
+        until: a.until,
+        progress,
+    };
+    let cfg = if a.resume.is_some() {
+        let given = a.config_flags();
+        if !given.is_empty() {
+            return Err(TrainError::Config(format!(
+                "--resume continues a run with its own config.toml; {} cannot be combined with it",
+                given.join(", ")
+            )));
+        }
+        TrainConfig::default()
+    } else {
+        a.resolve()?
+    };
+    if a.resume.is_none() {
+        aem::train::run::check_backend(cfg.validate()?.backend)?;
+    }
+    if a.resume.is_none() && !a.quiet {
+        eprintln!(
+            "aem train: {} | {}{} | {} tasks x {} rollouts | {} RL steps{} | backend {}",
+            cfg.env.level,
+            cfg.algo.advantage,
+            if cfg.algo.aem { " + AEM" } else { "" },
+            cfg.rollout.tasks,
+            cfg.rollout.rollouts,
+            cfg.run.steps,
+            if cfg.warmup.steps > 0 {
+                format!(" after {} imitation steps", cfg.warmup.steps)
+            } else {
+                String::new()
+            },
+            cfg.run.backend
+        );
+    }
+    let s = train(cfg, &opts)?;
+    let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
+    eprintln!(
+        "aem train: {} | iterations {}/{} in {:.0} s | held-out success sampled {} -> {}, greedy {} -> {} (random valid policy {})",
+        s.dir.display(),
+        s.steps_done,
+        s.total_steps,
+        s.wall_s,
+        f(s.initial_heldout_sampled),
+        f(s.final_heldout_sampled),
+        f(s.initial_heldout_greedy),
+        f(s.final_heldout_greedy),
+        f(s.random_valid_heldout),
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// A checkpoint file, or a run directory (its checkpoint.safetensors).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The run's config (default: config.toml next to the checkpoint).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Held-out tasks per level.
+    #[arg(long, default_value_t = 512)]
+    tasks: usize,
+    /// Training level whose held-out split to use (default: the run's).
+    #[arg(long)]
+    level: Option<String>,
+    /// OOD level (default: the run's).
+    #[arg(long)]
+    ood_level: Option<String>,
+    /// Seed of the sampled evaluation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also write the rows as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn eval_cmd(a: EvalArgs) -> Result<(), TrainError> {
+    let ckpt = if a.checkpoint.is_dir() {
+        a.checkpoint.join(aem::train::run::CHECKPOINT)
+    } else {
+        a.checkpoint.clone()
+    };
+    if !ckpt.is_file() {
+        return Err(TrainError::RunDir {
+            path: ckpt,
+            why: "no such checkpoint file".into(),
+        });
+    }
+    let cpath = match &a.config {
+        Some(p) => p.clone(),
+        None => ckpt
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join(aem::train::run::CONFIG),
+    };
+    let mut cfg = TrainConfig::from_toml_file(&cpath)?;
+    if let Some(l) = &a.level {
+        cfg.env.level = l.clone();
+    }
+    if let Some(l) = &a.ood_level {
+        cfg.env.ood_level = l.clone();
+    }
+    if a.tasks == 0 {
+        return Err(TrainError::Config("--tasks = 0: must be >= 1".into()));
+    }
+    let show = !a.quiet && std::io::stderr().is_terminal();
+    let pb = if show {
+        indicatif::ProgressBar::new(a.tasks as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{spinner} {wide_bar} {pos}/{len} {msg}")
+    {
+        pb.set_style(style);
+    }
+    let rows = aem::train::eval::eval_checkpoint(&cfg, &ckpt, a.tasks, a.seed, |label, d, t| {
+        pb.set_length(t as u64);
+        pb.set_position(d as u64);
+        pb.set_message(label.to_string());
+    })?;
+    pb.finish_and_clear();
+    print!("{}", aem::train::eval::table(&rows));
+    if let Some(p) = &a.json {
+        let text = serde_json::to_string_pretty(&rows)
+            .map_err(|e| TrainError::Config(format!("serialise: {e}")))?;
+        aem::train::metrics::write_atomic(p, text.as_bytes())?;
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -239,12 +568,48 @@ fn head(a: HeadArgs) -> aem::Result<()> {
     Ok(())
 }
 
+/// Parses the command line; usage errors are reported as one line (help and version as usual).
+fn parse_cli() -> Result<Cli, ExitCode> {
+    use clap::error::ErrorKind;
+    Cli::try_parse().map_err(|e| match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        _ => {
+            // The message is the text before "Usage:", less clap's tips, joined into one line.
+            let text = e.render().to_string();
+            let msg: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+                .collect();
+            let msg = msg.join(" ");
+            let msg = msg.trim_start_matches("error: ");
+            eprintln!("aem: error: {msg} (see --help)");
+            ExitCode::from(2)
+        }
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
     let r = match cli.cmd {
-        Cmd::Head(a) => head(a),
-        Cmd::DemoInput(a) => demo_input(a),
-        Cmd::Model(c) => model(c),
+        Cmd::Head(a) => head(a).map_err(|e| e.to_string()),
+        Cmd::DemoInput(a) => demo_input(a).map_err(|e| e.to_string()),
+        Cmd::Model(c) => model(c).map_err(|e| e.to_string()),
+        Cmd::Train(a) => train_cmd(*a).map_err(|e| e.to_string()),
+        Cmd::Eval(a) => eval_cmd(a).map_err(|e| e.to_string()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

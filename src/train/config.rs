@@ -1,0 +1,576 @@
+//! The trainer's configuration: every knob of a run, with defaults, a TOML file form, `--set`
+//! overrides and validation. The resolved config is written to the run directory as
+//! `config.toml` and is what `--resume` and `aem eval` read back.
+//!
+//! A TOML file may set any subset of the fields; unknown keys are errors (a typo must not be
+//! silently ignored). Every error is one line naming the key.
+
+use serde::{Deserialize, Serialize};
+
+use super::TrainError;
+use crate::advantage::Outcome;
+use crate::env::MaskMode;
+use crate::head::Aggregation;
+
+/// A whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub env: EnvConfig,
+    pub model: ModelConfig,
+    pub rollout: RolloutConfig,
+    pub algo: AlgoConfig,
+    pub optim: OptimConfig,
+    pub warmup: WarmupConfig,
+    pub run: RunConfig,
+}
+
+/// Environment and prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnvConfig {
+    /// Training level (held-out tasks come from its test split), e.g. `foglake-proto`.
+    pub level: String,
+    /// Out-of-distribution level reported by evaluation.
+    pub ood_level: String,
+    /// Past turns shown in the prompt (k).
+    pub history: usize,
+    /// Validity mask for decoding and the loss: `admissible` (default) or `grammar`.
+    pub mask: String,
+}
+
+impl Default for EnvConfig {
+    fn default() -> Self {
+        Self {
+            level: "keyrooms-train".into(),
+            ood_level: "keyrooms-hard".into(),
+            history: 0,
+            mask: "admissible".into(),
+        }
+    }
+}
+
+/// The policy network (a GPT-2; the vocabulary is the env's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub d_model: usize,
+    pub layers: usize,
+    pub heads: usize,
+    /// Context (maxT): prompt plus response must fit.
+    pub context: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            d_model: 64,
+            layers: 2,
+            heads: 4,
+            context: 64,
+        }
+    }
+}
+
+/// Rollout collection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutConfig {
+    /// Tasks per iteration (B); each task is one group.
+    pub tasks: usize,
+    /// Rollouts per task (N).
+    pub rollouts: usize,
+    /// Sampling temperature τ (also the loss head's).
+    pub temperature: f32,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        Self {
+            tasks: 16,
+            rollouts: 8,
+            temperature: 1.0,
+        }
+    }
+}
+
+/// Advantage estimator, AEM and the PPO loss.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlgoConfig {
+    /// `grpo`, `dr-grpo`, `rloo` or `gigpo`.
+    pub advantage: String,
+    /// Rescale advantages by AEM's α.
+    pub aem: bool,
+    /// AEM λ.
+    pub lambda: f32,
+    /// AEM range guard δ.
+    pub delta: f32,
+    pub clip_low: f32,
+    pub clip_high: f32,
+    /// Dual-clip constant c > 1 (absent = off).
+    pub dual_clip: Option<f32>,
+    /// Entropy bonus β_H.
+    pub entropy_coef: f32,
+    /// `token-mean`, `seq-mean-token-mean`, `seq-mean-token-sum`, `seq-mean-token-sum-norm`.
+    pub agg: String,
+    /// C of `seq-mean-token-sum-norm` (absent = the longest response of the minibatch).
+    pub norm_const: Option<f64>,
+    /// GiGPO ω (weight of the step-level advantage).
+    pub gigpo_omega: f64,
+    /// GiGPO γ (discount of step returns).
+    pub gigpo_gamma: f64,
+    /// GiGPO: divide the step advantage by its anchor group's std.
+    pub gigpo_step_std: bool,
+    /// GiGPO episode-level estimator: `dr-grpo` or `grpo`.
+    pub gigpo_episode: String,
+}
+
+impl Default for AlgoConfig {
+    fn default() -> Self {
+        Self {
+            advantage: "gigpo".into(),
+            aem: true,
+            lambda: 1.0,
+            delta: 0.1,
+            clip_low: 0.2,
+            clip_high: 0.2,
+            dual_clip: None,
+            entropy_coef: 0.0,
+            agg: "token-mean".into(),
+            norm_const: None,
+            gigpo_omega: 1.0,
+            gigpo_gamma: 0.95,
+            gigpo_step_std: false,
+            gigpo_episode: "dr-grpo".into(),
+        }
+    }
+}
+
+/// AdamW, the learning-rate schedule, epochs and minibatches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// Global gradient-norm clip (absent = off).
+    pub grad_clip: Option<f32>,
+    /// `constant`, `cosine` or `linear` (decay to `min_lr_ratio · lr` at the last RL step).
+    pub schedule: String,
+    /// Linear learning-rate warm-up over this many RL steps.
+    pub lr_warmup_steps: u64,
+    pub min_lr_ratio: f32,
+    /// Passes over each iteration's rollouts (PPO epochs); α stays fixed across them.
+    pub epochs: usize,
+    /// Minibatches per epoch (one optimizer step each).
+    pub minibatches: usize,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            lr: 3e-4,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            grad_clip: Some(1.0),
+            schedule: "constant".into(),
+            lr_warmup_steps: 0,
+            min_lr_ratio: 0.1,
+            epochs: 1,
+            minibatches: 1,
+        }
+    }
+}
+
+/// Optional imitation warm-up of the uniformly random valid policy (grammar only, no task
+/// knowledge), run as the first `steps` iterations before RL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WarmupConfig {
+    /// Imitation iterations (0 = off, the default).
+    pub steps: u64,
+    /// Episodes of the random valid policy per imitation iteration.
+    pub episodes: usize,
+    pub lr: f32,
+}
+
+impl Default for WarmupConfig {
+    fn default() -> Self {
+        Self {
+            steps: 0,
+            episodes: 64,
+            lr: 1e-3,
+        }
+    }
+}
+
+/// Length, seeds, evaluation, checkpoints, backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// RL iterations (after the imitation warm-up).
+    pub steps: u64,
+    /// Seeds the model's initialisation, the task stream and sampling.
+    pub seed: u64,
+    /// Evaluate on held-out tasks every this many RL steps (0 = only at the end).
+    pub eval_every: u64,
+    /// Held-out tasks per evaluation during training.
+    pub eval_tasks: usize,
+    /// Write the checkpoint every this many iterations (and always at the end).
+    pub checkpoint_every: u64,
+    /// `cpu`, `emu` or `cuda`.
+    pub backend: String,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            steps: 450,
+            seed: 0,
+            eval_every: 25,
+            eval_tasks: 256,
+            checkpoint_every: 25,
+            backend: "cpu".into(),
+        }
+    }
+}
+
+/// The execution backend of the trainer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Cpu,
+    Emu,
+    Cuda,
+}
+
+impl Backend {
+    pub fn parse(s: &str) -> Result<Self, TrainError> {
+        match s {
+            "cpu" => Ok(Backend::Cpu),
+            "emu" => Ok(Backend::Emu),
+            "cuda" => Ok(Backend::Cuda),
+            _ => Err(bad("run.backend", s, "must be cpu, emu or cuda")),
+        }
+    }
+}
+
+/// The base advantage estimator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdvantageKind {
+    Outcome(Outcome),
+    Gigpo,
+}
+
+impl AdvantageKind {
+    pub fn parse(s: &str) -> Result<Self, TrainError> {
+        match s {
+            "grpo" => Ok(AdvantageKind::Outcome(Outcome::Grpo)),
+            "dr-grpo" => Ok(AdvantageKind::Outcome(Outcome::DrGrpo)),
+            "rloo" => Ok(AdvantageKind::Outcome(Outcome::Rloo)),
+            "gigpo" => Ok(AdvantageKind::Gigpo),
+            _ => Err(bad(
+                "algo.advantage",
+                s,
+                "must be grpo, dr-grpo, rloo or gigpo",
+            )),
+        }
+    }
+}
+
+/// Learning-rate schedule shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    Constant,
+    Cosine,
+    Linear,
+}
+
+fn bad(key: &str, value: impl std::fmt::Display, why: &str) -> TrainError {
+    TrainError::Config(format!("{key} = {value}: {why}"))
+}
+
+fn parse_mask(s: &str) -> Result<MaskMode, TrainError> {
+    match s {
+        "admissible" => Ok(MaskMode::Admissible),
+        "grammar" => Ok(MaskMode::Grammar),
+        _ => Err(bad("env.mask", s, "must be admissible or grammar")),
+    }
+}
+
+fn parse_schedule(s: &str) -> Result<Schedule, TrainError> {
+    match s {
+        "constant" => Ok(Schedule::Constant),
+        "cosine" => Ok(Schedule::Cosine),
+        "linear" => Ok(Schedule::Linear),
+        _ => Err(bad(
+            "optim.schedule",
+            s,
+            "must be constant, cosine or linear",
+        )),
+    }
+}
+
+/// The parsed (enum) form of the string fields, produced by [`TrainConfig::validate`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Resolved {
+    pub backend: Backend,
+    pub advantage: AdvantageKind,
+    pub gigpo_episode: Outcome,
+    pub mask: MaskMode,
+    pub agg: Aggregation,
+    pub schedule: Schedule,
+}
+
+impl TrainConfig {
+    /// Reads a TOML file (any subset of the fields; the rest keep their defaults).
+    pub fn from_toml_file(path: &std::path::Path) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io {
+            path: path.to_path_buf(),
+            what: "read config",
+            source: e,
+        })?;
+        Self::from_toml_str(&text).map_err(|e| match e {
+            TrainError::Config(m) => TrainError::Config(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Parses TOML text; errors are one line with the line and column.
+    pub fn from_toml_str(text: &str) -> Result<Self, TrainError> {
+        toml::from_str(text).map_err(|e| TrainError::Config(toml_error_line(text, &e)))
+    }
+
+    /// The config as TOML text (what `config.toml` holds).
+    pub fn to_toml(&self) -> Result<String, TrainError> {
+        toml::to_string(self).map_err(|e| TrainError::Config(format!("serialise config: {e}")))
+    }
+
+    /// Applies one `section.key=value` override; `value` is a TOML value (a bare word that is
+    /// not a number, boolean or array is taken as a string).
+    pub fn set(&mut self, assignment: &str) -> Result<(), TrainError> {
+        let (key, value) = assignment.split_once('=').ok_or_else(|| {
+            TrainError::Config(format!(
+                "--set {assignment:?}: expected section.key=value (e.g. optim.lr=1e-3)"
+            ))
+        })?;
+        let key = key.trim();
+        let value = value.trim();
+        let (section, field) = key.split_once('.').ok_or_else(|| {
+            TrainError::Config(format!(
+                "--set {key}: expected section.key (sections: env, model, rollout, algo, optim, warmup, run)"
+            ))
+        })?;
+        let parsed: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+            Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(value.into())),
+            Err(_) => toml::Value::String(value.into()),
+        };
+        let mut table = toml::Table::try_from(&*self)
+            .map_err(|e| TrainError::Config(format!("serialise config: {e}")))?;
+        let sec = table
+            .get_mut(section)
+            .and_then(toml::Value::as_table_mut)
+            .ok_or_else(|| {
+                TrainError::Config(format!("--set {key}: unknown section {section:?}"))
+            })?;
+        if !sec.contains_key(field) && !OPTIONAL_KEYS.contains(&key) {
+            return Err(TrainError::Config(format!(
+                "--set {key}: unknown key {field:?} in [{section}]"
+            )));
+        }
+        sec.insert(field.to_string(), parsed);
+        *self = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                TrainError::Config(format!("--set {key}={value}: {}", one_line(e.message())))
+            })?;
+        Ok(())
+    }
+
+    /// Checks every field's domain and parses the enum-valued strings.
+    pub fn validate(&self) -> Result<Resolved, TrainError> {
+        let backend = Backend::parse(&self.run.backend)?;
+        let advantage = AdvantageKind::parse(&self.algo.advantage)?;
+        let gigpo_episode = match self.algo.gigpo_episode.as_str() {
+            "dr-grpo" => Outcome::DrGrpo,
+            "grpo" => Outcome::Grpo,
+            s => return Err(bad("algo.gigpo_episode", s, "must be dr-grpo or grpo")),
+        };
+        let mask = parse_mask(&self.env.mask)?;
+        let agg: Aggregation = self
+            .algo
+            .agg
+            .parse()
+            .map_err(|e: String| TrainError::Config(format!("algo.agg: {e}")))?;
+        let schedule = parse_schedule(&self.optim.schedule)?;
+        let train_level = crate::env::level(&self.env.level)
+            .map_err(|e| TrainError::Config(format!("env.level: {e}")))?;
+        let ood = crate::env::level(&self.env.ood_level)
+            .map_err(|e| TrainError::Config(format!("env.ood_level: {e}")))?;
+        if ood.env_name() != train_level.env_name() {
+            return Err(bad(
+                "env.ood_level",
+                &self.env.ood_level,
+                &format!("must be a {} level like env.level", train_level.env_name()),
+            ));
+        }
+        let pos = |key: &str, v: usize| {
+            if v == 0 {
+                Err(bad(key, v, "must be >= 1"))
+            } else {
+                Ok(())
+            }
+        };
+        pos("model.d_model", self.model.d_model)?;
+        pos("model.layers", self.model.layers)?;
+        pos("model.heads", self.model.heads)?;
+        pos("model.context", self.model.context)?;
+        if self.model.d_model % self.model.heads != 0 {
+            return Err(bad(
+                "model.heads",
+                self.model.heads,
+                "must divide model.d_model",
+            ));
+        }
+        pos("rollout.tasks", self.rollout.tasks)?;
+        pos("rollout.rollouts", self.rollout.rollouts)?;
+        pos("optim.epochs", self.optim.epochs)?;
+        pos("optim.minibatches", self.optim.minibatches)?;
+        pos("run.eval_tasks", self.run.eval_tasks)?;
+        pos("warmup.episodes", self.warmup.episodes)?;
+        if self.run.steps == 0 && self.warmup.steps == 0 {
+            return Err(bad("run.steps", 0, "must be >= 1 (or set warmup.steps)"));
+        }
+        if self.run.checkpoint_every == 0 {
+            return Err(bad("run.checkpoint_every", 0, "must be >= 1"));
+        }
+        let finite_pos = |key: &str, v: f32| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(bad(key, v, "must be finite and > 0"))
+            }
+        };
+        let finite_nonneg = |key: &str, v: f32| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(bad(key, v, "must be finite and >= 0"))
+            }
+        };
+        finite_pos("rollout.temperature", self.rollout.temperature)?;
+        finite_nonneg("algo.lambda", self.algo.lambda)?;
+        finite_nonneg("algo.delta", self.algo.delta)?;
+        finite_nonneg("algo.clip_low", self.algo.clip_low)?;
+        finite_nonneg("algo.clip_high", self.algo.clip_high)?;
+        if !self.algo.entropy_coef.is_finite() {
+            return Err(bad(
+                "algo.entropy_coef",
+                self.algo.entropy_coef,
+                "must be finite",
+            ));
+        }
+        if let Some(c) = self.algo.dual_clip {
+            if !(c.is_finite() && c > 1.0) {
+                return Err(bad("algo.dual_clip", c, "must be > 1"));
+            }
+        }
+        if let Some(c) = self.algo.norm_const {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(bad("algo.norm_const", c, "must be finite and > 0"));
+            }
+        }
+        if !(self.algo.gigpo_gamma.is_finite() && (0.0..=1.0).contains(&self.algo.gigpo_gamma)) {
+            return Err(bad(
+                "algo.gigpo_gamma",
+                self.algo.gigpo_gamma,
+                "must be in [0, 1]",
+            ));
+        }
+        if !self.algo.gigpo_omega.is_finite() {
+            return Err(bad(
+                "algo.gigpo_omega",
+                self.algo.gigpo_omega,
+                "must be finite",
+            ));
+        }
+        finite_pos("optim.lr", self.optim.lr)?;
+        finite_pos("warmup.lr", self.warmup.lr)?;
+        finite_pos("optim.eps", self.optim.eps)?;
+        finite_nonneg("optim.weight_decay", self.optim.weight_decay)?;
+        for (key, b) in [
+            ("optim.beta1", self.optim.beta1),
+            ("optim.beta2", self.optim.beta2),
+        ] {
+            if !(0.0..1.0).contains(&b) {
+                return Err(bad(key, b, "must be in [0, 1)"));
+            }
+        }
+        if let Some(c) = self.optim.grad_clip {
+            finite_pos("optim.grad_clip", c)?;
+        }
+        if !(self.optim.min_lr_ratio.is_finite() && (0.0..=1.0).contains(&self.optim.min_lr_ratio))
+        {
+            return Err(bad(
+                "optim.min_lr_ratio",
+                self.optim.min_lr_ratio,
+                "must be in [0, 1]",
+            ));
+        }
+        Ok(Resolved {
+            backend,
+            advantage,
+            gigpo_episode,
+            mask,
+            agg,
+            schedule,
+        })
+    }
+
+    /// The learning rate of RL step `k` (0-based, counted after the imitation warm-up).
+    pub fn lr_at(&self, schedule: Schedule, k: u64) -> f32 {
+        let o = &self.optim;
+        let base = o.lr;
+        if k < o.lr_warmup_steps {
+            return base * (k + 1) as f32 / o.lr_warmup_steps as f32;
+        }
+        let span = self.run.steps.saturating_sub(o.lr_warmup_steps).max(1);
+        let frac = ((k - o.lr_warmup_steps) as f32 / span as f32).clamp(0.0, 1.0);
+        let min = base * o.min_lr_ratio;
+        match schedule {
+            Schedule::Constant => base,
+            Schedule::Linear => base + (min - base) * frac,
+            Schedule::Cosine => {
+                min + (base - min) * 0.5 * (1.0 + (std::f32::consts::PI * frac).cos())
+            }
+        }
+    }
+}
+
+/// Keys whose default is `None` (absent from the serialised table) but may be set.
+const OPTIONAL_KEYS: [&str; 3] = ["algo.dual_clip", "algo.norm_const", "optim.grad_clip"];
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A TOML error as one line: `line L, column C: message`.
+fn toml_error_line(text: &str, e: &toml::de::Error) -> String {
+    let msg = one_line(e.message());
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let col = before
+                .rfind('\n')
+                .map_or(before.len(), |i| before.len() - i - 1)
+                + 1;
+            format!("line {line}, column {col}: {msg}")
+        }
+        None => msg,
+    }
+}

@@ -1,0 +1,384 @@
+//! Per-step metrics (`metrics.jsonl`, one JSON object per line) and the PNG plots of a run.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::TrainError;
+
+/// One line of `metrics.jsonl`. Step 0 (`phase = "init"`) holds the starting policy's held-out
+/// success and the random valid policy's; step k ≥ 1 the statistics of iteration k (and the
+/// held-out success after its update when evaluated). Absent fields were not measured.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StepRecord {
+    pub step: u64,
+    /// `init`, `imitation` or `rl`.
+    pub phase: String,
+    /// Fraction of this iteration's training episodes solved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_success: Option<f64>,
+    /// Held-out success, sampling at the training temperature.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heldout_success: Option<f64>,
+    /// Held-out success, greedy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heldout_greedy: Option<f64>,
+    /// Held-out success of the uniformly random valid policy (step 0 only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub random_valid_heldout: Option<f64>,
+    /// Mean token entropy of the sampled responses (every response token, forced ones too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<f64>,
+    /// Mean token entropy over tokens that had at least two valid choices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entropy_free: Option<f64>,
+    /// Mean response surprisal `Σ −logp` at sampling time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub surprisal: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_turns: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alpha_mean: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alpha_min: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alpha_max: Option<f64>,
+    /// Fraction of groups where AEM's guard kept α = 1 (range of mean entropy below δ).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guard_frac: Option<f64>,
+    /// Fraction of responses with `A·(α−1) > 0` (AEM sharpens) and `< 0` (AEM explores).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frac_pos: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frac_neg: Option<f64>,
+    /// Fraction of responses with a non-zero base advantage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adv_nonzero: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_frac: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approx_kl: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    /// Token positions through forward + backward per second of update.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_s: Option<f64>,
+    /// Wall time since the run started (continued across resumes).
+    pub wall_s: f64,
+}
+
+/// The timing fields (everything else is a function of the config and the seed).
+pub const TIMING_FIELDS: [&str; 5] = ["tokens_per_s", "sample_s", "update_s", "eval_s", "wall_s"];
+
+fn io<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error) -> TrainError + 'a {
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        what,
+        source,
+    }
+}
+
+/// Reads `metrics.jsonl` (an absent file is empty; a torn last line from a crash is dropped).
+pub fn read_jsonl(path: &Path) -> Result<Vec<StepRecord>, TrainError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(path, "read metrics")(e)),
+    };
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut out = Vec::with_capacity(lines.len());
+    for (i, l) in lines.iter().enumerate() {
+        match serde_json::from_str::<StepRecord>(l) {
+            Ok(r) => out.push(r),
+            Err(_) if i + 1 == lines.len() => break,
+            Err(e) => {
+                return Err(TrainError::RunDir {
+                    path: path.to_path_buf(),
+                    why: format!("metrics line {}: {e}", i + 1),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Rewrites `metrics.jsonl` atomically with `records`.
+pub fn write_jsonl(path: &Path, records: &[StepRecord]) -> Result<(), TrainError> {
+    let mut text = String::new();
+    for r in records {
+        let line = serde_json::to_string(r)
+            .map_err(|e| TrainError::Config(format!("serialise metrics: {e}")))?;
+        text.push_str(&line);
+        text.push('\n');
+    }
+    write_atomic(path, text.as_bytes())
+}
+
+/// Appends one record as a line.
+pub fn append_jsonl(path: &Path, r: &StepRecord) -> Result<(), TrainError> {
+    let line = serde_json::to_string(r)
+        .map_err(|e| TrainError::Config(format!("serialise metrics: {e}")))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io(path, "open metrics"))?;
+    writeln!(f, "{line}").map_err(io(path, "write metrics"))?;
+    f.flush().map_err(io(path, "write metrics"))
+}
+
+/// Writes a file atomically (temporary file in the same directory, then rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(path, "write"))?;
+    tmp.write_all(bytes).map_err(io(path, "write"))?;
+    tmp.as_file().sync_all().map_err(io(path, "write"))?;
+    // Temporary files are created 0600; a run's files are ordinary readable files.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(io(path, "write"))?;
+    }
+    tmp.persist(path)
+        .map_err(|e| io(path, "write")(e.error))
+        .map(|_| ())
+}
+
+/// Registers a system sans-serif font for plot text, once; `false` if none was found (the
+/// plots are then drawn without text). `AEM_FONT` names a TTF file to use instead.
+fn font_available() -> bool {
+    static FONT: OnceLock<bool> = OnceLock::new();
+    *FONT.get_or_init(|| {
+        let mut candidates: Vec<PathBuf> = Vec::new();
+        if let Some(p) = std::env::var_os("AEM_FONT") {
+            candidates.push(PathBuf::from(p));
+        }
+        for p in [
+            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+            "/usr/share/fonts/TTF/DejaVuSans.ttf",
+            "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+            "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+            "/usr/share/fonts/liberation/LiberationSans-Regular.ttf",
+            "/Library/Fonts/Arial.ttf",
+            "C:\\Windows\\Fonts\\arial.ttf",
+        ] {
+            candidates.push(PathBuf::from(p));
+        }
+        for c in candidates {
+            if let Ok(bytes) = std::fs::read(&c) {
+                let leaked: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font("sans-serif", FontStyle::Normal, leaked).is_ok() {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+}
+
+/// One curve: a name, a colour and its points.
+pub struct Series {
+    pub name: String,
+    pub color: RGBColor,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A line chart of `series` against `x_label`, written to `path` (PNG, 900×540).
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    y_range: Option<(f64, f64)>,
+    series: &[Series],
+) -> Result<(), TrainError> {
+    let err = |e: String| TrainError::Plot {
+        path: path.to_path_buf(),
+        why: e,
+    };
+    let text = font_available();
+    let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
+    let ys = series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
+    let x_max = xs.fold(1.0f64, f64::max);
+    let (y_lo, y_hi) = y_range.unwrap_or_else(|| {
+        let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
+            (a.min(y), b.max(y))
+        });
+        if lo.is_finite() && hi > lo {
+            (lo.min(0.0), hi * 1.05)
+        } else {
+            (0.0, 1.0)
+        }
+    });
+    let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let mut builder = ChartBuilder::on(&root);
+    builder.margin(16);
+    if text {
+        builder
+            .caption(title, ("sans-serif", 22))
+            .x_label_area_size(40)
+            .y_label_area_size(56);
+    } else {
+        builder.x_label_area_size(8).y_label_area_size(8);
+    }
+    let mut chart = builder
+        .build_cartesian_2d(0.0..x_max, y_lo..y_hi)
+        .map_err(|e| err(e.to_string()))?;
+    let mut mesh = chart.configure_mesh();
+    if text {
+        mesh.x_desc(x_label)
+            .y_desc(y_label)
+            .label_style(("sans-serif", 14));
+    } else {
+        mesh.disable_x_axis().disable_y_axis();
+    }
+    mesh.draw().map_err(|e| err(e.to_string()))?;
+    for s in series {
+        let color = s.color;
+        let drawn = chart
+            .draw_series(LineSeries::new(
+                s.points.iter().copied(),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| err(e.to_string()))?;
+        if text {
+            drawn.label(s.name.clone()).legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+        }
+    }
+    if text && series.len() > 1 {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+    }
+    root.present().map_err(|e| err(e.to_string()))
+}
+
+/// Points `(step, f(record))` for records where `f` gives a value.
+pub fn points(recs: &[StepRecord], f: impl Fn(&StepRecord) -> Option<f64>) -> Vec<(f64, f64)> {
+    recs.iter()
+        .filter_map(|r| f(r).map(|y| (r.step as f64, y)))
+        .collect()
+}
+
+/// A trailing moving average over `w` points.
+pub fn smooth(pts: &[(f64, f64)], w: usize) -> Vec<(f64, f64)> {
+    let w = w.max(1);
+    (0..pts.len())
+        .map(|i| {
+            let lo = i.saturating_sub(w - 1);
+            let win = &pts[lo..=i];
+            (
+                pts[i].0,
+                win.iter().map(|p| p.1).sum::<f64>() / win.len() as f64,
+            )
+        })
+        .collect()
+}
+
+/// Writes `success.png`, `entropy.png` and `aem.png` of a run into `dir`.
+pub fn plot_run(dir: &Path, recs: &[StepRecord]) -> Result<(), TrainError> {
+    let random = recs.iter().find_map(|r| r.random_valid_heldout);
+    let last = recs.last().map_or(1.0, |r| r.step as f64);
+    let mut success = vec![
+        Series {
+            name: "train (sampled, 10-step mean)".into(),
+            color: RGBColor(150, 150, 220),
+            points: smooth(&points(recs, |r| r.train_success), 10),
+        },
+        Series {
+            name: "held-out, sampled".into(),
+            color: RGBColor(30, 80, 200),
+            points: points(recs, |r| r.heldout_success),
+        },
+        Series {
+            name: "held-out, greedy".into(),
+            color: RGBColor(220, 60, 40),
+            points: points(recs, |r| r.heldout_greedy),
+        },
+    ];
+    if let Some(r) = random {
+        success.push(Series {
+            name: "random valid policy (held-out)".into(),
+            color: RGBColor(90, 90, 90),
+            points: vec![(0.0, r), (last, r)],
+        });
+    }
+    line_chart(
+        &dir.join("success.png"),
+        "Success rate",
+        "iteration",
+        "success",
+        Some((0.0, 1.0)),
+        &success,
+    )?;
+    line_chart(
+        &dir.join("entropy.png"),
+        "Mean token entropy of sampled responses (nats)",
+        "iteration",
+        "entropy",
+        None,
+        &[
+            Series {
+                name: "all response tokens".into(),
+                color: RGBColor(30, 80, 200),
+                points: points(recs, |r| r.entropy),
+            },
+            Series {
+                name: "tokens with >= 2 valid choices".into(),
+                color: RGBColor(220, 60, 40),
+                points: points(recs, |r| r.entropy_free),
+            },
+        ],
+    )?;
+    line_chart(
+        &dir.join("aem.png"),
+        "AEM: alpha range and guard fraction",
+        "iteration",
+        "value",
+        None,
+        &[
+            Series {
+                name: "alpha max".into(),
+                color: RGBColor(220, 60, 40),
+                points: points(recs, |r| r.alpha_max),
+            },
+            Series {
+                name: "alpha min".into(),
+                color: RGBColor(30, 80, 200),
+                points: points(recs, |r| r.alpha_min),
+            },
+            Series {
+                name: "guard fraction".into(),
+                color: RGBColor(90, 90, 90),
+                points: points(recs, |r| r.guard_frac),
+            },
+        ],
+    )
+}

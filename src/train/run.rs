@@ -1,0 +1,530 @@
+//! The training loop, the run directory, checkpoints and `--resume`.
+//!
+//! A run directory holds `config.toml` (the resolved config), `metrics.jsonl`,
+//! `checkpoint.safetensors` (the latest, written atomically: model, AdamW state, sampling RNG
+//! and iteration count), `success.png`, `entropy.png`, `aem.png` and, once finished,
+//! `summary.json`.
+//!
+//! Iterations are numbered from 1: the first `warmup.steps` imitate the uniformly random valid
+//! policy, the next `run.steps` are RL. Everything an iteration draws comes from the RNG in the
+//! checkpoint or from seeds derived from (run seed, iteration), so a resumed run continues
+//! bit-identically (`tests/train_resume.rs`).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use half::f16;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use super::config::{Backend, Resolved, TrainConfig};
+use super::eval::{self, Mode};
+use super::metrics::{self, StepRecord};
+use super::update::{self, alpha_of, base_advantages};
+use super::{rollout, warmup, TrainError};
+use crate::env::{self, Level, PromptConfig, Task};
+use crate::model::{self, AdamW, AdamWConfig, Gpt, GptConfig};
+
+/// The checkpoint's file name inside a run directory.
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
+/// The resolved config's file name inside a run directory.
+pub const CONFIG: &str = "config.toml";
+/// The metrics' file name inside a run directory.
+pub const METRICS: &str = "metrics.jsonl";
+
+/// A seed derived from the run seed, a stream name and an index (stable across versions).
+pub fn derive_seed(seed: u64, stream: &str, index: u64) -> u64 {
+    let mut bytes = seed.to_le_bytes().to_vec();
+    bytes.extend_from_slice(stream.as_bytes());
+    bytes.extend_from_slice(&index.to_le_bytes());
+    env::fnv1a(&bytes)
+}
+
+/// The model config of a run (the vocabulary is the env's).
+pub fn gpt_config(cfg: &TrainConfig, level: &Level) -> GptConfig {
+    GptConfig {
+        vocab: level.vocab().len(),
+        context: cfg.model.context,
+        d_model: cfg.model.d_model,
+        layers: cfg.model.layers,
+        heads: cfg.model.heads,
+    }
+}
+
+fn adamw_config(cfg: &TrainConfig) -> AdamWConfig {
+    AdamWConfig {
+        lr: cfg.optim.lr,
+        beta1: cfg.optim.beta1,
+        beta2: cfg.optim.beta2,
+        eps: cfg.optim.eps,
+        weight_decay: cfg.optim.weight_decay,
+        grad_clip: cfg.optim.grad_clip,
+    }
+}
+
+/// Only the CPU backend drives the model for now: the others are a one-line error.
+pub fn check_backend(b: Backend) -> Result<(), TrainError> {
+    match b {
+        Backend::Cpu => Ok(()),
+        Backend::Emu => Err(TrainError::Backend("emu")),
+        Backend::Cuda => Err(TrainError::Backend("cuda")),
+    }
+}
+
+/// The trainer's state.
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    pub res: Resolved,
+    pub level: Level,
+    pub prompt: PromptConfig,
+    pub model: Gpt<f16>,
+    pub optim: AdamW,
+    /// Sampling RNG (saved in the checkpoint).
+    pub rng: ChaCha8Rng,
+    /// Iterations done.
+    pub step: u64,
+    /// The held-out tasks evaluated during training.
+    pub heldout: Vec<Task>,
+}
+
+impl Trainer {
+    /// A fresh trainer (validates the config; only the CPU backend is wired).
+    pub fn new(cfg: TrainConfig) -> Result<Self, TrainError> {
+        let res = cfg.validate()?;
+        check_backend(res.backend)?;
+        let level = env::level(&cfg.env.level)?;
+        let model = Gpt::<f16>::new(gpt_config(&cfg, &level), cfg.run.seed)?;
+        let optim = AdamW::new(adamw_config(&cfg), &model)?;
+        let rng = ChaCha8Rng::seed_from_u64(derive_seed(cfg.run.seed, "sample", 0));
+        let heldout = env::test_tasks(&level, cfg.run.eval_tasks)?;
+        Ok(Self {
+            prompt: PromptConfig {
+                history: cfg.env.history,
+                mask: res.mask,
+            },
+            cfg,
+            res,
+            level,
+            model,
+            optim,
+            rng,
+            step: 0,
+            heldout,
+        })
+    }
+
+    /// A trainer restored from a checkpoint of a run with this config.
+    pub fn from_checkpoint(cfg: TrainConfig, path: &Path) -> Result<Self, TrainError> {
+        let mut t = Self::new(cfg)?;
+        let ck = model::load_checkpoint::<f16>(path)?;
+        if ck.model.config() != t.model.config() {
+            return Err(TrainError::RunDir {
+                path: path.to_path_buf(),
+                why: format!(
+                    "checkpoint model {:?} does not match the config's {:?}",
+                    ck.model.config(),
+                    t.model.config()
+                ),
+            });
+        }
+        t.model = ck.model;
+        t.optim = ck.optim;
+        t.optim.cfg = adamw_config(&t.cfg);
+        t.rng = ck.rng;
+        t.step = ck.step;
+        Ok(t)
+    }
+
+    /// Writes the checkpoint atomically.
+    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+        model::save_checkpoint(path, &self.model, &self.optim, &self.rng, self.step)?;
+        Ok(())
+    }
+
+    /// Imitation plus RL iterations.
+    pub fn total_steps(&self) -> u64 {
+        self.cfg.warmup.steps + self.cfg.run.steps
+    }
+
+    /// The training tasks of iteration `k`.
+    pub fn tasks_for(&self, k: u64, n: usize) -> Result<Vec<Task>, TrainError> {
+        (0..n as u64)
+            .map(|j| {
+                env::train_task(
+                    &self.level,
+                    derive_seed(self.cfg.run.seed, "task", k * 1_000_003 + j),
+                )
+                .map_err(TrainError::from)
+            })
+            .collect()
+    }
+
+    /// Whether held-out success is evaluated after iteration `k`.
+    pub fn evaluates_at(&self, k: u64) -> bool {
+        let w = self.cfg.warmup.steps;
+        let every = self.cfg.run.eval_every;
+        k == self.total_steps() || (k > w && every > 0 && (k - w) % every == 0)
+    }
+
+    /// Held-out success (sampled, greedy) of the current policy; seeded by `k`.
+    pub fn eval_heldout(
+        &self,
+        k: u64,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<(f64, f64), TrainError> {
+        let s = eval::evaluate(
+            &self.model,
+            &self.heldout,
+            self.prompt,
+            Mode::Sampled,
+            self.cfg.rollout.temperature,
+            derive_seed(self.cfg.run.seed, "eval", k),
+            &mut progress,
+        )?;
+        let g = eval::evaluate(
+            &self.model,
+            &self.heldout,
+            self.prompt,
+            Mode::Greedy,
+            1.0,
+            0,
+            &mut progress,
+        )?;
+        Ok((s.success, g.success))
+    }
+
+    /// Runs iteration `step + 1` and returns its record (timing and held-out fields unset).
+    pub fn iterate(&mut self) -> Result<StepRecord, TrainError> {
+        let k = self.step + 1;
+        let w = self.cfg.warmup.steps;
+        let mut rec = StepRecord {
+            step: k,
+            ..StepRecord::default()
+        };
+        if k <= w {
+            let tasks = self.tasks_for(k, self.cfg.warmup.episodes)?;
+            let t0 = Instant::now();
+            let ro = warmup::random_valid_rollouts(&tasks, self.prompt, &mut self.rng);
+            let sample_s = t0.elapsed().as_secs_f64();
+            let t1 = Instant::now();
+            let us =
+                warmup::imitation_step(&mut self.model, &mut self.optim, &ro, self.cfg.warmup.lr)?;
+            let update_s = t1.elapsed().as_secs_f64();
+            rec.phase = "imitation".into();
+            rec.loss = Some(us.loss);
+            rec.grad_norm = Some(us.grad_norm);
+            rec.lr = Some(f64::from(self.cfg.warmup.lr));
+            rec.sample_s = Some(sample_s);
+            rec.update_s = Some(update_s);
+            rec.tokens_per_s = Some(us.positions as f64 / update_s.max(1e-9));
+            self.step = k;
+            return Ok(rec);
+        }
+        let tasks = self.tasks_for(k, self.cfg.rollout.tasks)?;
+        let t0 = Instant::now();
+        let ro = rollout::collect(
+            &self.model,
+            &tasks,
+            self.cfg.rollout.rollouts,
+            self.prompt,
+            self.cfg.rollout.temperature,
+            &mut self.rng,
+            |_, _| {},
+        )?;
+        let sample_s = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let base = base_advantages(&ro, &self.cfg, &self.res)?;
+        let al = alpha_of(&ro, &self.cfg)?;
+        let adv: Vec<f64> = base.iter().zip(&al.alpha).map(|(b, a)| b * a).collect();
+        let hcfg = update::head_config(&self.cfg, &self.res);
+        let lr = self.cfg.lr_at(self.res.schedule, k - w - 1);
+        let us = update::ppo_update(
+            &mut self.model,
+            &mut self.optim,
+            &ro,
+            &adv,
+            &hcfg,
+            self.cfg.optim.epochs,
+            self.cfg.optim.minibatches,
+            lr,
+            &mut self.rng,
+        )?;
+        let update_s = t1.elapsed().as_secs_f64();
+
+        let r = ro.turns.len().max(1) as f64;
+        let (mut h_all, mut n_all, mut h_free, mut n_free) = (0.0f64, 0usize, 0.0f64, 0usize);
+        for t in &ro.turns {
+            for (&h, &m) in t.entropy.iter().zip(&t.masks) {
+                h_all += f64::from(h);
+                n_all += 1;
+                if m.count_ones() >= 2 {
+                    h_free += f64::from(h);
+                    n_free += 1;
+                }
+            }
+        }
+        let fmin = al.alpha.iter().copied().fold(f64::INFINITY, f64::min);
+        let fmax = al.alpha.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let count = |f: &dyn Fn(f64, f64) -> bool| {
+            base.iter()
+                .zip(&al.alpha)
+                .filter(|(b, a)| f(**b, **a))
+                .count() as f64
+                / r
+        };
+        rec.phase = "rl".into();
+        rec.train_success = Some(ro.success());
+        rec.entropy = Some(h_all / n_all.max(1) as f64);
+        rec.entropy_free = (n_free > 0).then(|| h_free / n_free as f64);
+        rec.surprisal = Some(al.surprisal.iter().sum::<f64>() / r);
+        rec.mean_turns = Some(ro.mean_turns());
+        rec.alpha_mean = Some(al.alpha.iter().sum::<f64>() / r);
+        rec.alpha_min = fmin.is_finite().then_some(fmin);
+        rec.alpha_max = fmax.is_finite().then_some(fmax);
+        rec.guard_frac = Some(al.guarded_groups as f64 / ro.n_groups.max(1) as f64);
+        rec.frac_pos = Some(count(&|b, a| b * (a - 1.0) > 0.0));
+        rec.frac_neg = Some(count(&|b, a| b * (a - 1.0) < 0.0));
+        rec.adv_nonzero = Some(count(&|b, _| b != 0.0));
+        rec.loss = Some(us.loss);
+        rec.clip_frac = Some(us.clip_frac);
+        rec.approx_kl = Some(us.approx_kl);
+        rec.grad_norm = Some(us.grad_norm);
+        rec.lr = Some(f64::from(lr));
+        rec.sample_s = Some(sample_s);
+        rec.update_s = Some(update_s);
+        rec.tokens_per_s = Some(us.positions as f64 / update_s.max(1e-9));
+        self.step = k;
+        Ok(rec)
+    }
+}
+
+/// How `train` is driven (not part of the run's identity, so not in its config).
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Directory of a new run (default: `runs/<level>-<advantage>[-aem]-s<seed>`, made unique).
+    pub out: Option<PathBuf>,
+    /// Continue the run in this directory from its checkpoint, with its own config.
+    pub resume: Option<PathBuf>,
+    /// Stop after this iteration (checkpoint written), e.g. to split a run or test resume.
+    pub until: Option<u64>,
+    /// Show a progress bar (on a terminal).
+    pub progress: bool,
+}
+
+/// What a run reports when it stops.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunSummary {
+    pub dir: PathBuf,
+    pub steps_done: u64,
+    pub total_steps: u64,
+    pub random_valid_heldout: Option<f64>,
+    pub initial_heldout_sampled: Option<f64>,
+    pub initial_heldout_greedy: Option<f64>,
+    pub final_heldout_sampled: Option<f64>,
+    pub final_heldout_greedy: Option<f64>,
+    pub wall_s: f64,
+}
+
+fn default_dir(cfg: &TrainConfig) -> PathBuf {
+    let base = format!(
+        "runs/{}-{}{}-s{}",
+        cfg.env.level,
+        cfg.algo.advantage,
+        if cfg.algo.aem { "-aem" } else { "" },
+        cfg.run.seed
+    );
+    let mut dir = PathBuf::from(&base);
+    let mut i = 2;
+    while dir.exists() {
+        dir = PathBuf::from(format!("{base}-{i}"));
+        i += 1;
+    }
+    dir
+}
+
+fn io<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error) -> TrainError + 'a {
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        what,
+        source,
+    }
+}
+
+fn progress_bar(show: bool, total: u64, pos: u64) -> ProgressBar {
+    let pb = if show {
+        ProgressBar::new(total)
+    } else {
+        ProgressBar::hidden()
+    };
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:24} {pos}/{len} (eta {eta}) {msg}",
+    ) {
+        pb.set_style(style);
+    }
+    pb.set_position(pos);
+    pb
+}
+
+/// Trains a new run (`cfg`) or resumes one (`opts.resume`, whose own config is used).
+pub fn train(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary, TrainError> {
+    let started = Instant::now();
+    let (dir, mut trainer, mut records) = if let Some(dir) = &opts.resume {
+        let cpath = dir.join(CONFIG);
+        let ckpt = dir.join(CHECKPOINT);
+        if !cpath.exists() || !ckpt.exists() {
+            return Err(TrainError::RunDir {
+                path: dir.clone(),
+                why: format!("nothing to resume: needs {CONFIG} and {CHECKPOINT}"),
+            });
+        }
+        let cfg = TrainConfig::from_toml_file(&cpath)?;
+        let trainer = Trainer::from_checkpoint(cfg, &ckpt)?;
+        let mut recs = metrics::read_jsonl(&dir.join(METRICS))?;
+        recs.retain(|r| r.step <= trainer.step);
+        metrics::write_jsonl(&dir.join(METRICS), &recs)?;
+        (dir.clone(), trainer, recs)
+    } else {
+        let trainer = Trainer::new(cfg)?;
+        let dir = match &opts.out {
+            Some(d) => {
+                if d.join(CONFIG).exists()
+                    || d.join(METRICS).exists()
+                    || d.join(CHECKPOINT).exists()
+                {
+                    return Err(TrainError::RunDir {
+                        path: d.clone(),
+                        why:
+                            "already holds a run; continue it with --resume or choose another --out"
+                                .into(),
+                    });
+                }
+                d.clone()
+            }
+            None => default_dir(&trainer.cfg),
+        };
+        std::fs::create_dir_all(&dir).map_err(io(&dir, "create run directory"))?;
+        metrics::write_atomic(&dir.join(CONFIG), trainer.cfg.to_toml()?.as_bytes())?;
+        (dir, trainer, Vec::new())
+    };
+    let mpath = dir.join(METRICS);
+    let wall0 = records.last().map_or(0.0, |r| r.wall_s);
+    let wall = |started: &Instant| wall0 + started.elapsed().as_secs_f64();
+    let total = trainer.total_steps();
+    let stop = opts.until.unwrap_or(total).min(total);
+    let pb = progress_bar(opts.progress, total, trainer.step);
+
+    if records.is_empty() {
+        // Step 0: the starting policy and the random valid policy on the held-out tasks.
+        pb.set_message("evaluating the starting policy");
+        let t0 = Instant::now();
+        let rv = eval::evaluate(
+            &trainer.model,
+            &trainer.heldout,
+            trainer.prompt,
+            Mode::RandomValid,
+            1.0,
+            derive_seed(trainer.cfg.run.seed, "random-valid", 0),
+            |_, _| {},
+        )?;
+        let (s, g) = trainer.eval_heldout(0, |_, _| {})?;
+        let rec = StepRecord {
+            step: 0,
+            phase: "init".into(),
+            heldout_success: Some(s),
+            heldout_greedy: Some(g),
+            random_valid_heldout: Some(rv.success),
+            eval_s: Some(t0.elapsed().as_secs_f64()),
+            wall_s: wall(&started),
+            ..StepRecord::default()
+        };
+        metrics::append_jsonl(&mpath, &rec)?;
+        records.push(rec);
+    }
+
+    while trainer.step < stop {
+        let mut rec = trainer.iterate()?;
+        let k = rec.step;
+        if trainer.evaluates_at(k) {
+            pb.set_message(format!("iteration {k}: evaluating held-out"));
+            let t0 = Instant::now();
+            let (s, g) = trainer.eval_heldout(k, |_, _| {})?;
+            rec.heldout_success = Some(s);
+            rec.heldout_greedy = Some(g);
+            rec.eval_s = Some(t0.elapsed().as_secs_f64());
+        }
+        rec.wall_s = wall(&started);
+        if k % trainer.cfg.run.checkpoint_every == 0 || k == stop {
+            trainer.save(&dir.join(CHECKPOINT))?;
+        }
+        metrics::append_jsonl(&mpath, &rec)?;
+        records.push(rec);
+        if trainer.evaluates_at(k) || k == stop {
+            if let Err(e) = metrics::plot_run(&dir, &records) {
+                pb.println(format!("aem train: warning: {e}"));
+            }
+        }
+        pb.set_position(k);
+        pb.set_message(status_line(&records));
+    }
+    if trainer.step == total && !dir.join(CHECKPOINT).exists() {
+        trainer.save(&dir.join(CHECKPOINT))?;
+    }
+    if let Err(e) = metrics::plot_run(&dir, &records) {
+        pb.println(format!("aem train: warning: {e}"));
+    }
+    pb.finish_and_clear();
+    let init = records.iter().find(|r| r.phase == "init");
+    let last_eval = records
+        .iter()
+        .rev()
+        .find(|r| r.step > 0 && r.heldout_success.is_some());
+    let summary = RunSummary {
+        dir: dir.clone(),
+        steps_done: trainer.step,
+        total_steps: total,
+        random_valid_heldout: init.and_then(|r| r.random_valid_heldout),
+        initial_heldout_sampled: init.and_then(|r| r.heldout_success),
+        initial_heldout_greedy: init.and_then(|r| r.heldout_greedy),
+        final_heldout_sampled: last_eval.and_then(|r| r.heldout_success),
+        final_heldout_greedy: last_eval.and_then(|r| r.heldout_greedy),
+        wall_s: records.last().map_or(0.0, |r| r.wall_s),
+    };
+    if trainer.step == total {
+        let text = serde_json::to_string_pretty(&summary)
+            .map_err(|e| TrainError::Config(format!("serialise summary: {e}")))?;
+        metrics::write_atomic(&dir.join("summary.json"), text.as_bytes())?;
+    }
+    Ok(summary)
+}
+
+/// The progress bar's message: the latest train success, held-out success and entropy.
+fn status_line(recs: &[StepRecord]) -> String {
+    let n = recs.len().min(10);
+    let recent = &recs[recs.len() - n..];
+    let train: Vec<f64> = recent.iter().filter_map(|r| r.train_success).collect();
+    let mut s = String::new();
+    if !train.is_empty() {
+        s.push_str(&format!(
+            "train {:.2}",
+            train.iter().sum::<f64>() / train.len() as f64
+        ));
+    }
+    if let Some(r) = recs.iter().rev().find(|r| r.heldout_success.is_some()) {
+        s.push_str(&format!(
+            " | held-out {:.2} (greedy {:.2})",
+            r.heldout_success.unwrap_or(0.0),
+            r.heldout_greedy.unwrap_or(0.0)
+        ));
+    }
+    if let Some(h) = recs.last().and_then(|r| r.entropy) {
+        s.push_str(&format!(" | H {h:.3}"));
+    }
+    if let Some(l) = recs.last().and_then(|r| r.loss) {
+        if recs.last().is_some_and(|r| r.phase == "imitation") {
+            s.push_str(&format!(" | imitation loss {l:.3}"));
+        }
+    }
+    s
+}

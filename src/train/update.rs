@@ -1,0 +1,354 @@
+//! One policy update from a batch of rollouts: base advantages, AEM's α (from the sampling-time
+//! entropies, fixed for the whole update), then epochs × minibatches of PPO steps through the
+//! loss head's CPU reference.
+//!
+//! The loss head rejects non-finite logits, so the validity mask is applied to the logits fed
+//! to it by setting invalid entries to the most negative finite f16, −65504: `exp` underflows to
+//! exactly 0 there, so log-prob, entropy and gradient equal those of the masked distribution the
+//! tokens were sampled from, and invalid entries get a zero gradient (`tests/train_mask.rs`).
+
+use half::f16;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+
+use super::config::{AdvantageKind, Resolved, TrainConfig};
+use super::rollout::Rollouts;
+use super::TrainError;
+use crate::advantage::{self, GigpoConfig, Step};
+use crate::cpu;
+use crate::env::vocab::PAD;
+use crate::head::{self, HeadConfig, HeadInputs};
+use crate::model::{AdamW, Gpt};
+
+/// The masked-logit value: the most negative finite f16.
+pub const MASKED_LOGIT: f32 = -65504.0;
+
+/// Base advantage of every turn (R = turns), in turn order.
+pub fn base_advantages(
+    ro: &Rollouts,
+    cfg: &TrainConfig,
+    res: &Resolved,
+) -> Result<Vec<f64>, TrainError> {
+    let traj_group: Vec<u32> = ro
+        .trajs
+        .iter()
+        .map(|t| u32::try_from(t.group))
+        .collect::<Result<_, _>>()
+        .map_err(|_| TrainError::Config("too many groups".into()))?;
+    let returns: Vec<f64> = ro.trajs.iter().map(|t| f64::from(t.reward)).collect();
+    match res.advantage {
+        AdvantageKind::Outcome(kind) => {
+            let traj_adv = advantage::outcome(kind, &traj_group, &returns, ro.n_groups)?;
+            let step_traj: Vec<usize> = ro.turns.iter().map(|t| t.traj).collect();
+            Ok(advantage::per_turn(&traj_adv, &step_traj)?)
+        }
+        AdvantageKind::Gigpo => {
+            // Steps must be in time order within each trajectory; turns are collected turn by
+            // turn, so collection order is time order for every episode.
+            let steps: Vec<Step> = ro
+                .turns
+                .iter()
+                .map(|t| Step {
+                    traj: t.traj,
+                    reward: f64::from(t.reward),
+                    obs: &t.obs,
+                })
+                .collect();
+            let gcfg = GigpoConfig {
+                omega: cfg.algo.gigpo_omega,
+                gamma: cfg.algo.gigpo_gamma,
+                step_std: cfg.algo.gigpo_step_std,
+                episode: res.gigpo_episode,
+            };
+            Ok(advantage::gigpo(
+                &traj_group,
+                &returns,
+                &steps,
+                ro.n_groups,
+                &gcfg,
+            )?)
+        }
+    }
+}
+
+/// AEM's weights per turn and their diagnostics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlphaStats {
+    /// alpha: (R) — 1 everywhere when AEM is off.
+    pub alpha: Vec<f64>,
+    /// mean_entropy: (R) — each response's mean token entropy at sampling time.
+    pub mean_entropy: Vec<f64>,
+    /// surprisal: (R) — each response's `Σ −logp` at sampling time.
+    pub surprisal: Vec<f64>,
+    /// Groups that kept α = 1 (one response, or a mean-entropy range below δ).
+    pub guarded_groups: usize,
+}
+
+/// Computes α (AEM.md §3) once per iteration from the sampling-time entropies, through the
+/// reference [`cpu::aem_alpha`] (groups = tasks). With `aem = false`, α ≡ 1.
+pub fn alpha_of(ro: &Rollouts, cfg: &TrainConfig) -> Result<AlphaStats, TrainError> {
+    let r = ro.turns.len();
+    let mut resp_start = Vec::with_capacity(r);
+    let mut resp_len = Vec::with_capacity(r);
+    let mut resp_group = Vec::with_capacity(r);
+    let mut entropy = Vec::new();
+    let mut surprisal = Vec::with_capacity(r);
+    for t in &ro.turns {
+        resp_start.push(u32::try_from(entropy.len()).map_err(|_| too_big())?);
+        resp_len.push(u32::try_from(t.response.len()).map_err(|_| too_big())?);
+        resp_group.push(u32::try_from(ro.trajs[t.traj].group).map_err(|_| too_big())?);
+        entropy.extend(t.entropy.iter().map(|&h| f64::from(h)));
+        surprisal.push(t.logp.iter().map(|&l| -f64::from(l)).sum());
+    }
+    let n_tok = entropy.len();
+    // Response statistics need only the layout: a V = 1 stand-in for the logits.
+    let logits = vec![f16::ZERO; n_tok];
+    let targets = vec![0u32; n_tok];
+    let adv_base = vec![0.0f32; r];
+    let inp = HeadInputs {
+        logits: &logits,
+        vocab: 1,
+        targets: &targets,
+        resp_start: &resp_start,
+        resp_len: &resp_len,
+        resp_group: &resp_group,
+        n_groups: ro.n_groups,
+        adv_base: &adv_base,
+        old_logp: None,
+        ref_logp: None,
+    };
+    let hcfg = HeadConfig {
+        lambda: if cfg.algo.aem { cfg.algo.lambda } else { 0.0 },
+        delta: cfg.algo.delta,
+        ..HeadConfig::default()
+    };
+    let layout = head::validate_layout(&inp, &hcfg)?;
+    let ts = cpu::TokenStats {
+        logp: vec![0.0f64; n_tok],
+        entropy,
+        lse: vec![0.0f64; n_tok],
+    };
+    let rs = cpu::resp_stats(&inp, &ts);
+    let a = cpu::aem_alpha(&inp, &hcfg, &layout, &rs.mean_entropy);
+    let alpha = if cfg.algo.aem { a.alpha } else { vec![1.0; r] };
+    Ok(AlphaStats {
+        alpha,
+        mean_entropy: rs.mean_entropy,
+        surprisal,
+        guarded_groups: a.guarded_groups,
+    })
+}
+
+fn too_big() -> TrainError {
+    TrainError::Config("batch too large for 32-bit indices".into())
+}
+
+/// What one update measured.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct UpdateStats {
+    /// Mean over optimizer steps of the head's loss `Σ w_t ℓ_t`.
+    pub loss: f64,
+    /// Fraction of owned rows where PPO's clip (or dual clip) was active.
+    pub clip_frac: f64,
+    /// `mean(old_logp − logp)` over owned rows (all epochs).
+    pub approx_kl: f64,
+    /// Mean global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Optimizer steps taken.
+    pub opt_steps: usize,
+    /// Token positions run through forward + backward.
+    pub positions: usize,
+}
+
+/// The loss head configuration of this run.
+pub fn head_config(cfg: &TrainConfig, res: &Resolved) -> HeadConfig {
+    HeadConfig {
+        temperature: cfg.rollout.temperature,
+        lambda: cfg.algo.lambda,
+        delta: cfg.algo.delta,
+        clip_low: cfg.algo.clip_low,
+        clip_high: cfg.algo.clip_high,
+        dual_clip: cfg.algo.dual_clip,
+        entropy_coef: cfg.algo.entropy_coef,
+        kl_coef: 0.0,
+        agg: res.agg,
+        n_tok: None,
+        n_resp: None,
+        norm_const: cfg.algo.norm_const,
+        grad_scale: 1.0,
+    }
+}
+
+/// A packed minibatch: sequences (prompt ++ response minus its last token), right-padded.
+struct Packed {
+    b: usize,
+    t: usize,
+    /// tokens: (B, T) u32
+    tokens: Vec<u32>,
+    /// The (B·T) position of each owned row, in row order (responses contiguous).
+    rows: Vec<usize>,
+    /// targets, masks, old_logp: (N_tok)
+    targets: Vec<u32>,
+    masks: Vec<u64>,
+    old_logp: Vec<f32>,
+    /// resp_start, resp_len, resp_group: (R_mb); adv: (R_mb) α·A_base.
+    resp_start: Vec<u32>,
+    resp_len: Vec<u32>,
+    resp_group: Vec<u32>,
+    adv: Vec<f64>,
+}
+
+fn pack(ro: &Rollouts, idx: &[usize], adv: &[f64]) -> Result<Packed, TrainError> {
+    let b = idx.len();
+    let t = idx
+        .iter()
+        .map(|&i| ro.turns[i].prompt.len() + ro.turns[i].response.len() - 1)
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let mut p = Packed {
+        b,
+        t,
+        tokens: vec![PAD; b * t],
+        rows: Vec::new(),
+        targets: Vec::new(),
+        masks: Vec::new(),
+        old_logp: Vec::new(),
+        resp_start: Vec::with_capacity(b),
+        resp_len: Vec::with_capacity(b),
+        resp_group: Vec::with_capacity(b),
+        adv: Vec::with_capacity(b),
+    };
+    for (bi, &i) in idx.iter().enumerate() {
+        let turn = &ro.turns[i];
+        let (pl, rl) = (turn.prompt.len(), turn.response.len());
+        let row = &mut p.tokens[bi * t..(bi + 1) * t];
+        row[..pl].copy_from_slice(&turn.prompt);
+        row[pl..pl + rl - 1].copy_from_slice(&turn.response[..rl - 1]);
+        p.resp_start
+            .push(u32::try_from(p.targets.len()).map_err(|_| too_big())?);
+        p.resp_len.push(u32::try_from(rl).map_err(|_| too_big())?);
+        p.resp_group
+            .push(u32::try_from(ro.trajs[turn.traj].group).map_err(|_| too_big())?);
+        p.adv.push(adv[i]);
+        for k in 0..rl {
+            // Position pl − 1 + k predicts response token k.
+            p.rows.push(bi * t + pl - 1 + k);
+            p.targets.push(turn.response[k]);
+            p.masks.push(turn.masks[k]);
+            p.old_logp.push(turn.logp[k]);
+        }
+    }
+    Ok(p)
+}
+
+/// Writes the logits of the owned rows as f16 with invalid tokens at [`MASKED_LOGIT`]:
+/// logits (B·T, V) f32 → out (N_tok, V) f16.
+pub fn masked_rows(
+    logits: &[f32],
+    vocab: usize,
+    rows: &[usize],
+    masks: &[u64],
+    out: &mut Vec<f16>,
+) {
+    out.clear();
+    out.reserve(rows.len() * vocab);
+    for (&r, &m) in rows.iter().zip(masks) {
+        for (v, &x) in logits[r * vocab..(r + 1) * vocab].iter().enumerate() {
+            let ok = v < 64 && m & (1u64 << v) != 0;
+            let x = if ok {
+                x.clamp(-65504.0, 65504.0)
+            } else {
+                MASKED_LOGIT
+            };
+            out.push(f16::from_f32(x));
+        }
+    }
+}
+
+/// Runs `epochs × minibatches` optimizer steps over the rollouts with per-turn advantages
+/// `adv` (already multiplied by α) at learning rate `lr`.
+#[allow(clippy::too_many_arguments)]
+pub fn ppo_update(
+    model: &mut Gpt<f16>,
+    optim: &mut AdamW,
+    ro: &Rollouts,
+    adv: &[f64],
+    hcfg: &HeadConfig,
+    epochs: usize,
+    minibatches: usize,
+    lr: f32,
+    rng: &mut ChaCha8Rng,
+) -> Result<UpdateStats, TrainError> {
+    let vocab = model.config().vocab;
+    let mut st = UpdateStats::default();
+    let (mut rows_seen, mut clipped, mut kl_sum) = (0usize, 0usize, 0.0f64);
+    let mut order: Vec<usize> = (0..ro.turns.len()).collect();
+    let mut head_logits = Vec::new();
+    optim.cfg.lr = lr;
+    for _ in 0..epochs {
+        if minibatches > 1 {
+            order.shuffle(rng);
+        }
+        let per = order.len().div_ceil(minibatches.max(1)).max(1);
+        for chunk in order.chunks(per) {
+            let p = pack(ro, chunk, adv)?;
+            let logits = model.forward(&p.tokens, p.b, p.t)?;
+            masked_rows(logits, vocab, &p.rows, &p.masks, &mut head_logits);
+            let adv_base: Vec<f32> = p.adv.iter().map(|&a| a as f32).collect();
+            let inp = HeadInputs {
+                logits: &head_logits,
+                vocab,
+                targets: &p.targets,
+                resp_start: &p.resp_start,
+                resp_len: &p.resp_len,
+                resp_group: &p.resp_group,
+                n_groups: ro.n_groups,
+                adv_base: &adv_base,
+                old_logp: Some(&p.old_logp),
+                ref_logp: None,
+            };
+            let layout = head::validate(&inp, hcfg)?;
+            let ts = cpu::token_stats::<f64>(&inp, hcfg);
+            // α was fixed at sampling time: pass α·A_base directly (f64, not rounded to f32).
+            let loss = cpu::policy_loss(&inp, hcfg, &layout, &ts, &p.adv);
+            let mut drows = vec![0.0f32; head_logits.len()];
+            cpu::policy_grad(&inp, hcfg, &ts, &loss, &mut drows);
+            let mut dlogits = vec![0.0f32; p.b * p.t * vocab];
+            for (k, &r) in p.rows.iter().enumerate() {
+                dlogits[r * vocab..(r + 1) * vocab]
+                    .copy_from_slice(&drows[k * vocab..(k + 1) * vocab]);
+            }
+            model.zero_grad();
+            model.backward(&dlogits)?;
+            let norm = optim.step(model)?;
+            if !loss.loss.is_finite() || !norm.is_finite() {
+                return Err(TrainError::NonFinite(format!(
+                    "loss {} grad norm {norm}",
+                    loss.loss
+                )));
+            }
+            st.loss += loss.loss;
+            st.grad_norm += f64::from(norm);
+            st.opt_steps += 1;
+            st.positions += p.b * p.t;
+            rows_seen += p.rows.len();
+            clipped += loss.clipped_rows;
+            kl_sum += p
+                .old_logp
+                .iter()
+                .zip(&ts.logp)
+                .map(|(&o, &l)| f64::from(o) - l)
+                .sum::<f64>();
+        }
+    }
+    if st.opt_steps > 0 {
+        st.loss /= st.opt_steps as f64;
+        st.grad_norm /= st.opt_steps as f64;
+    }
+    if rows_seen > 0 {
+        st.clip_frac = clipped as f64 / rows_seen as f64;
+        st.approx_kl = kl_sum / rows_seen as f64;
+    }
+    Ok(st)
+}
