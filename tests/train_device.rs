@@ -584,3 +584,51 @@ fn cuda_without_a_gpu_is_a_one_line_error_and_auto_falls_back() {
     let back = TrainConfig::from_toml_file(&out.join("config.toml")).unwrap();
     assert_eq!(back.run.backend, "cpu");
 }
+
+/// Checkpoints are the CPU format on every backend: a run started on `cpu` continues on `emu`
+/// (`--resume DIR --backend emu`, which the run's config then records), and `aem eval` reads it
+/// on `emu`.
+#[test]
+fn resume_and_eval_across_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut cfg = tiny("cpu");
+    cfg.run.steps = 2;
+    cfg.run.eval_every = 0;
+    let s = train(
+        cfg,
+        &RunOptions {
+            out: Some(out.clone()),
+            until: Some(1),
+            ..RunOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!((s.steps_done, s.backend.as_str()), (1, "cpu"));
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_aem"))
+        .args(["train", "--resume", "run", "--backend", "emu", "--quiet"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("backend emu | iterations 2/2"), "{err}");
+    let back = TrainConfig::from_toml_file(&out.join("config.toml")).unwrap();
+    assert_eq!(back.run.backend, "emu");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_aem"))
+        .args([
+            "eval",
+            "--checkpoint",
+            "run",
+            "--tasks",
+            "3",
+            "--backend",
+            "emu",
+            "--quiet",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 7);
+}

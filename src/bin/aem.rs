@@ -31,7 +31,8 @@ enum Cmd {
     /// The small f16 GPT: initialise a checkpoint, run a forward pass.
     #[command(subcommand)]
     Model(ModelCmd),
-    /// Train a policy with RL (default: FogLake, GiGPO + AEM, CPU); see README "Training an agent".
+    /// Train a policy with RL (default: KeyRooms, GiGPO + AEM; GPU if found, else CPU); see README
+    /// "Training an agent".
     Train(Box<TrainArgs>),
     /// Evaluate a checkpoint on held-out tasks and the OOD level (greedy, sampled, random valid).
     Eval(EvalArgs),
