@@ -25,6 +25,7 @@
 //   gelu_fwd_v1, gelu_bwd_v1 tanh-GELU (tanh through exp, as the CPU path)  thread per element
 //   residual_fwd_v1          out = a + b                                     thread per element
 //   cast_f16_f32_v1, cast_f32_f16_v1, fill_f32_v1                            thread per element
+//   mask_logits_v1           logits (f16) outside a row's bit mask = −65504  thread per element
 //   attention_fwd_v1         causal softmax attention                        thread per (b, h, t)
 //   attention_bwd_q_v1       dS (scratch) and dQ                             thread per (b, h, t)
 //   attention_bwd_kv_v1      dK, dV from dS                                  thread per (b, h, t2)
@@ -229,6 +230,27 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024) fill_f32_v1(float* x, float v
   const long long i = aem_global_tid();
   if (i >= n) return;
   x[i] = value;
+}
+
+// The trainer's validity mask on the loss head's input, in place: logits (N, V) f16, mask (N, W)
+// u32 with W = ceil(V/32) words per row, bit (v mod 32) of word v/32 set = token v valid.
+// Invalid entries become −65504, the most negative finite f16 (exp underflows to exactly 0, so
+// the head sees the masked distribution and gives them a zero gradient); ±inf entries of valid
+// tokens become ±65504, which is what rounding the clamped f32 logit to f16 gives (the CPU
+// path's src/train/update.rs::masked_rows); NaN stays NaN (and the head reports it).
+extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
+    mask_logits_v1(__half* logits, const unsigned* mask, int N, int V, int W) {
+  const long long i = aem_global_tid();
+  if (i >= (long long)N * V) return;
+  const long long n = i / V;
+  const int v = (int)(i % V);
+  const unsigned word = mask[n * W + (v >> 5)];
+  if (((word >> (v & 31)) & 1u) == 0u) {
+    logits[i] = aem_f2h(-65504.f);
+    return;
+  }
+  const float x = aem_h2f(logits[i]);
+  if (fabsf(x) > 65504.f) logits[i] = aem_f2h(x > 0.f ? 65504.f : -65504.f);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -131,10 +131,6 @@ fn bad_flags_are_one_line_errors() {
         (&["train", "--set", "optim.nope=1"], "unknown key \"nope\""),
         (&["train", "--set", "lr"], "expected section.key=value"),
         (&["train", "--set", "optim.lr=fast"], "optim.lr=fast"),
-        (
-            &["train", "--backend", "emu", "--quiet"],
-            "backend emu: the device model path is not available yet",
-        ),
         (&["train", "--backend", "tpu"], "run.backend = tpu"),
         (&["train", "--config", "missing.toml"], "missing.toml"),
         (&["train", "--resume", "nowhere"], "nothing to resume"),

@@ -36,6 +36,7 @@ const BUDGETS: &[(&str, u64)] = &[
     ("cast_f16_f32_v1", 32),
     ("cast_f32_f16_v1", 32),
     ("fill_f32_v1", 32),
+    ("mask_logits_v1", 32),
     ("attention_fwd_v1", 64),
     ("attention_bwd_q_v1", 64),
     ("attention_bwd_kv_v1", 64),

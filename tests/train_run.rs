@@ -125,19 +125,3 @@ fn every_advantage_with_and_without_aem_runs() {
         }
     }
 }
-
-#[test]
-fn unwired_backends_are_one_line_errors() {
-    for b in ["emu", "cuda"] {
-        let mut cfg = train_support::tiny("foglake-proto", "foglake-hard");
-        cfg.run.backend = b.into();
-        let e = aem::train::run::Trainer::new(cfg)
-            .err()
-            .unwrap()
-            .to_string();
-        assert_eq!(
-            e,
-            format!("backend {b}: the device model path is not available yet (use --backend cpu)")
-        );
-    }
-}

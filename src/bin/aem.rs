@@ -2,7 +2,10 @@
 
 use aem::head::file::{self, Backend, GradDtype};
 use aem::head::{Aggregation, HeadConfig};
-use aem::train::{train, RunOptions, TrainConfig, TrainError};
+use aem::train::config::Backend as TrainBackend;
+use aem::train::policy::open_backend;
+use aem::train::run::requested_backend;
+use aem::train::{train_with, RunOptions, TrainConfig, TrainError};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -28,7 +31,8 @@ enum Cmd {
     /// The small f16 GPT: initialise a checkpoint, run a forward pass.
     #[command(subcommand)]
     Model(ModelCmd),
-    /// Train a policy with RL (default: FogLake, GiGPO + AEM, CPU); see README "Training an agent".
+    /// Train a policy with RL (default: KeyRooms, GiGPO + AEM; GPU if found, else CPU); see README
+    /// "Training an agent".
     Train(Box<TrainArgs>),
     /// Evaluate a checkpoint on held-out tasks and the OOD level (greedy, sampled, random valid).
     Eval(EvalArgs),
@@ -109,7 +113,9 @@ struct TrainArgs {
     /// Checkpoint every this many iterations (and at the end).
     #[arg(long)]
     checkpoint_every: Option<u64>,
-    /// cpu | emu | cuda (only cpu drives the model for now).
+    /// auto (default: GPU 0 when one is found, else cpu) | cpu | emu (the device path on the
+    /// CPU emulator: checks the launch code, slower than cpu) | cuda. Allowed with --resume
+    /// (continues the run on another backend).
     #[arg(long)]
     backend: Option<String>,
     /// Any config key: --set section.key=value (repeatable), e.g. --set optim.beta2=0.999.
@@ -163,7 +169,6 @@ impl TrainArgs {
         add(self.eval_every.is_some(), "--eval-every");
         add(self.eval_tasks.is_some(), "--eval-tasks");
         add(self.checkpoint_every.is_some(), "--checkpoint-every");
-        add(self.backend.is_some(), "--backend");
         add(!self.sets.is_empty(), "--set");
         add(self.out.is_some(), "--out");
         v
@@ -219,12 +224,17 @@ impl TrainArgs {
 
 fn train_cmd(a: TrainArgs) -> Result<(), TrainError> {
     let progress = !a.quiet && std::io::stderr().is_terminal();
-    let opts = RunOptions {
+    let mut opts = RunOptions {
         out: a.out.clone(),
         resume: a.resume.clone(),
         until: a.until,
         progress,
+        backend: None,
     };
+    if a.resume.is_some() {
+        // With --resume, --backend overrides the run's recorded backend.
+        opts.backend = a.backend.as_deref().map(TrainBackend::parse).transpose()?;
+    }
     let cfg = if a.resume.is_some() {
         let given = a.config_flags();
         if !given.is_empty() {
@@ -237,8 +247,13 @@ fn train_cmd(a: TrainArgs) -> Result<(), TrainError> {
     } else {
         a.resolve()?
     };
-    if a.resume.is_none() {
-        aem::train::run::check_backend(cfg.validate()?.backend)?;
+    let opened = open_backend(requested_backend(&cfg, &opts)?)?;
+    let backend = match &opened.note {
+        Some(n) => format!("{} ({n})", opened.backend.name()),
+        None => opened.backend.name().to_string(),
+    };
+    if a.resume.is_some() && !a.quiet {
+        eprintln!("aem train: resuming | backend {backend}");
     }
     if a.resume.is_none() && !a.quiet {
         eprintln!(
@@ -254,14 +269,15 @@ fn train_cmd(a: TrainArgs) -> Result<(), TrainError> {
             } else {
                 String::new()
             },
-            cfg.run.backend
+            backend
         );
     }
-    let s = train(cfg, &opts)?;
+    let s = train_with(cfg, &opts, &opened)?;
     let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
     eprintln!(
-        "aem train: {} | iterations {}/{} in {:.0} s | held-out success sampled {} -> {}, greedy {} -> {} (random valid policy {})",
+        "aem train: {} | backend {} | iterations {}/{} in {:.0} s | held-out success sampled {} -> {}, greedy {} -> {} (random valid policy {})",
         s.dir.display(),
+        s.backend,
         s.steps_done,
         s.total_steps,
         s.wall_s,
@@ -297,6 +313,10 @@ struct EvalArgs {
     /// Also write the rows as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Where the policy samples: auto (GPU 0 when one is found, else cpu) | cpu | emu | cuda.
+    /// Any backend reads any run's checkpoint.
+    #[arg(long, default_value = "auto")]
+    backend: String,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -342,11 +362,25 @@ fn eval_cmd(a: EvalArgs) -> Result<(), TrainError> {
     {
         pb.set_style(style);
     }
-    let rows = aem::train::eval::eval_checkpoint(&cfg, &ckpt, a.tasks, a.seed, |label, d, t| {
-        pb.set_length(t as u64);
-        pb.set_position(d as u64);
-        pb.set_message(label.to_string());
+    let backend = TrainBackend::parse(&a.backend).map_err(|_| {
+        TrainError::Config(format!(
+            "--backend {}: must be auto, cpu, emu or cuda",
+            a.backend
+        ))
     })?;
+    let opened = open_backend(backend)?;
+    let rows = aem::train::eval::eval_checkpoint(
+        &cfg,
+        &ckpt,
+        a.tasks,
+        a.seed,
+        opened.device.as_ref(),
+        |label, d, t| {
+            pb.set_length(t as u64);
+            pb.set_position(d as u64);
+            pb.set_message(label.to_string());
+        },
+    )?;
     pb.finish_and_clear();
     print!("{}", aem::train::eval::table(&rows));
     if let Some(p) = &a.json {

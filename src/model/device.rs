@@ -630,6 +630,49 @@ impl<'d> DeviceGpt<'d> {
         )
     }
 
+    /// Applies a validity mask to the last forward's f16 logits (the loss head's input) in place,
+    /// with `mask_logits_v1`: mask (B·T, W) u32, `W = ceil(V/32)` words per row, bit `v mod 32`
+    /// of word `v/32` set = token `v` valid. Invalid entries become −65504 (the most negative
+    /// finite f16) and ±inf entries ±65504, as the CPU trainer's masked logits; rows that need
+    /// no mask pass all-ones words. The f32 logits are not touched.
+    pub fn mask_logits(&mut self, mask: &[u32]) -> Result<()> {
+        if !self.forwarded {
+            return Err(ModelError::NoForward.into());
+        }
+        let a = self.acts.as_mut().ok_or(ModelError::NoForward)?;
+        let v = self.cfg.vocab;
+        let n = a.b * a.t;
+        let w = v.div_ceil(32);
+        if mask.len() != n * w {
+            return Err(ModelError::Shape {
+                op: "mask_logits",
+                expected: n * w,
+                got: mask.len(),
+            }
+            .into());
+        }
+        let m = self.dev.htod(mask)?;
+        launch(
+            self.dev,
+            "mask_logits_v1",
+            n * v,
+            &[
+                a.logits16.arg(),
+                m.arg(),
+                Arg::I32(ci("N", n)?),
+                Arg::I32(ci("V", v)?),
+                Arg::I32(ci("W", w)?),
+            ],
+        )
+    }
+
+    /// (B·T, V) f16: the loss head's input from the last forward (after
+    /// [`DeviceGpt::mask_logits`], if called), downloaded.
+    pub fn head_logits(&self) -> Result<Vec<f16>> {
+        let a = self.acts.as_ref().ok_or(ModelError::NoForward)?;
+        self.dev.dtoh(&a.logits16)
+    }
+
     /// Backward pass from dlogits (B, T, V) f32 on the host; accumulates into the gradients.
     pub fn backward(&mut self, dlogits: &[f32]) -> Result<()> {
         let a = self.acts.as_mut().ok_or(ModelError::NoForward)?;
@@ -916,6 +959,12 @@ impl<'d> DeviceGpt<'d> {
             v: self.dev.htod(&opt.v)?,
         });
         Ok(())
+    }
+
+    /// The optimizer's hyperparameters, to change between steps (e.g. the learning rate of a
+    /// schedule); None before `init_optim`/`set_optim`.
+    pub fn optim_config_mut(&mut self) -> Option<&mut AdamWConfig> {
+        self.optim.as_mut().map(|o| &mut o.cfg)
     }
 
     /// Downloads the optimizer state (None before `init_optim`/`set_optim`).

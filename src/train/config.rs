@@ -223,7 +223,9 @@ pub struct RunConfig {
     pub eval_tasks: usize,
     /// Write the checkpoint every this many iterations (and always at the end).
     pub checkpoint_every: u64,
-    /// `cpu`, `emu` or `cuda`.
+    /// `auto` (GPU 0 when one is found, else `cpu`), `cpu`, `emu` (the device path on the CPU
+    /// emulator: checks the launch code; slower than `cpu`) or `cuda`. A run's `config.toml`
+    /// records the backend `auto` resolved to.
     pub backend: String,
 }
 
@@ -235,7 +237,7 @@ impl Default for RunConfig {
             eval_every: 25,
             eval_tasks: 256,
             checkpoint_every: 25,
-            backend: "cpu".into(),
+            backend: "auto".into(),
         }
     }
 }
@@ -243,18 +245,34 @@ impl Default for RunConfig {
 /// The execution backend of the trainer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    /// `cuda` when GPU 0 opens, else `cpu` (resolved when the run starts).
+    Auto,
+    /// The CPU path: `Gpt<f16>` and the loss head's CPU reference.
     Cpu,
+    /// The device path on the CPU emulator.
     Emu,
+    /// The device path on GPU 0.
     Cuda,
 }
 
 impl Backend {
     pub fn parse(s: &str) -> Result<Self, TrainError> {
         match s {
+            "auto" => Ok(Backend::Auto),
             "cpu" => Ok(Backend::Cpu),
             "emu" => Ok(Backend::Emu),
             "cuda" => Ok(Backend::Cuda),
-            _ => Err(bad("run.backend", s, "must be cpu, emu or cuda")),
+            _ => Err(bad("run.backend", s, "must be auto, cpu, emu or cuda")),
+        }
+    }
+
+    /// The config value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Cpu => "cpu",
+            Backend::Emu => "emu",
+            Backend::Cuda => "cuda",
         }
     }
 }

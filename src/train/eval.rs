@@ -6,11 +6,13 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use super::policy::{device_err, Sampler};
 use super::rollout;
 use super::warmup::random_valid_rollouts;
 use super::TrainError;
+use crate::device::Device;
 use crate::env::{PromptConfig, Task};
-use crate::model::Gpt;
+use crate::model::DeviceGpt;
 
 /// How actions are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -75,7 +77,7 @@ fn result(mode: Mode, ro: &rollout::Rollouts) -> EvalResult {
 /// Runs one episode per task with the policy (`Greedy` or `Sampled` at `temperature`) or the
 /// random valid policy; `seed` seeds the sampling. `progress(done, total)` after each turn.
 pub fn evaluate(
-    model: &Gpt<f16>,
+    model: &dyn Sampler,
     tasks: &[Task],
     prompt_cfg: PromptConfig,
     mode: Mode,
@@ -113,16 +115,27 @@ pub struct EvalRow {
 
 /// Evaluates the checkpoint at `ckpt` (a run's, with its config `cfg`) on `tasks` held-out tasks
 /// of the training level and of the OOD level: greedy, sampled, and the random valid policy.
-/// `progress(label, done, total)` reports each evaluation's progress.
+/// The policy samples on `dev` (the device path) or, with None, on the CPU path; the checkpoint
+/// format is the same for both. `progress(label, done, total)` reports each evaluation's
+/// progress.
 pub fn eval_checkpoint(
     cfg: &super::TrainConfig,
     ckpt: &std::path::Path,
     tasks: usize,
     seed: u64,
+    dev: Option<&Device>,
     mut progress: impl FnMut(&str, usize, usize),
 ) -> Result<Vec<EvalRow>, TrainError> {
     let res = cfg.validate()?;
     let ck = crate::model::load_checkpoint::<f16>(ckpt)?;
+    let on_device = dev
+        .map(|d| DeviceGpt::from_cpu(d, &ck.model))
+        .transpose()
+        .map_err(device_err)?;
+    let model: &dyn Sampler = match &on_device {
+        Some(m) => m,
+        None => &ck.model,
+    };
     let prompt_cfg = PromptConfig {
         history: cfg.env.history,
         mask: res.mask,
@@ -141,7 +154,7 @@ pub fn eval_checkpoint(
         for mode in [Mode::Greedy, Mode::Sampled, Mode::RandomValid] {
             let label = format!("{name} {split} {}", mode.name());
             let r = evaluate(
-                &ck.model,
+                model,
                 &set,
                 prompt_cfg,
                 mode,

@@ -1,24 +1,27 @@
-//! The RL trainer (`aem train`, `aem eval`) on the CPU path: the f16 GPT samples B tasks × N
-//! rollouts under the env's validity mask, base advantages (GRPO, Dr.GRPO, RLOO, GiGPO) are
-//! optionally rescaled by AEM's α, and the loss head's CPU reference gives the gradient with
-//! respect to the logits that the model back-propagates.
+//! The RL trainer (`aem train`, `aem eval`): the f16 GPT samples B tasks × N rollouts under the
+//! env's validity mask, base advantages (GRPO, Dr.GRPO, RLOO, GiGPO) are optionally rescaled by
+//! AEM's α, and the loss head gives the gradient with respect to the logits that the model
+//! back-propagates. Two backends run the same trainer code: the CPU path (`Gpt<f16>` and the
+//! loss head's CPU reference) and the device path (`DeviceGpt` with the fused loss-head kernels,
+//! on the emulator or a GPU).
 //!
-//! Read in this order: [`config`] (every knob, TOML, validation), [`rollout`] (lockstep
-//! episodes, KV-cache sampling, recorded masks), [`update`] (advantages, α, masked logits, PPO
-//! steps), [`warmup`] (imitation of the uniformly random valid policy), [`eval`] (held-out and
-//! OOD success), [`metrics`] (`metrics.jsonl`, plots), [`run`] (the loop, run directory,
-//! checkpoints, resume).
+//! Read in this order: [`config`] (every knob, TOML, validation), [`policy`] (the two model
+//! paths behind one interface, backends), [`rollout`] (lockstep episodes, KV-cache sampling,
+//! recorded masks), [`update`] (advantages, α, masked logits, PPO steps), [`warmup`] (imitation
+//! of the uniformly random valid policy), [`eval`] (held-out and OOD success), [`metrics`]
+//! (`metrics.jsonl`, plots), [`run`] (the loop, run directory, checkpoints, resume).
 
 pub mod config;
 pub mod eval;
 pub mod metrics;
+pub mod policy;
 pub mod rollout;
 pub mod run;
 pub mod update;
 pub mod warmup;
 
 pub use config::TrainConfig;
-pub use run::{train, RunOptions, RunSummary};
+pub use run::{train, train_with, RunOptions, RunSummary};
 
 use std::path::PathBuf;
 
@@ -28,9 +31,12 @@ pub enum TrainError {
     /// A bad option, config key or value.
     #[error("config: {0}")]
     Config(String),
-    /// A backend that is not wired to the trainer.
-    #[error("backend {0}: the device model path is not available yet (use --backend cpu)")]
-    Backend(&'static str),
+    /// A backend that cannot be opened (`cuda` without a GPU).
+    #[error("backend {backend}: {why}")]
+    Backend { backend: &'static str, why: String },
+    /// The device path (DeviceGpt, its kernels or the device) failed.
+    #[error("device: {0}")]
+    Device(crate::Error),
     /// An environment error (unknown level, no task found).
     #[error("env: {0}")]
     Env(#[from] crate::env::EnvError),

@@ -10,13 +10,13 @@
 
 use std::collections::BTreeMap;
 
-use half::f16;
 use rand_chacha::ChaCha8Rng;
 
+use super::policy::Sampler;
 use super::TrainError;
 use crate::env::vocab::{END, PAD};
 use crate::env::{Episode, PromptConfig, Status, Task};
-use crate::model::{Gpt, SampleParams};
+use crate::model::SampleParams;
 
 /// One turn: one response of the loss head.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,10 +83,10 @@ impl Rollouts {
     }
 }
 
-/// Runs `n` episodes of each task in lockstep with the policy at `temperature` (0 = greedy),
-/// drawing from `rng` in a fixed order (bucket by bucket, row by row).
+/// Runs `n` episodes of each task in lockstep with the policy (either model path) at
+/// `temperature` (0 = greedy), drawing from `rng` in a fixed order (bucket by bucket, row by row).
 pub fn collect(
-    model: &Gpt<f16>,
+    model: &dyn Sampler,
     tasks: &[Task],
     n: usize,
     prompt_cfg: PromptConfig,
@@ -113,7 +113,7 @@ pub fn collect(
         return Ok(out);
     };
     let max_new = first.grammar().max_response_len();
-    let context = model.config().context;
+    let context = model.gpt_config().context;
     let params = SampleParams {
         max_new,
         temperature,
@@ -159,7 +159,7 @@ pub fn collect(
                         *slot = m.0;
                     }
                 };
-                let s = model.sample(&prompts, b, p, &params, rng, Some(&mut mask_fn))?;
+                let s = model.sample_masked(&prompts, b, p, &params, rng, Some(&mut mask_fn))?;
                 out.decoded_positions += b * (p + max_new - 1);
                 for (row, (ep_idx, prompt)) in rows.iter().enumerate() {
                     let toks = &s.tokens[row * s.len + p..(row + 1) * s.len];

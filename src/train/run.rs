@@ -1,6 +1,7 @@
 //! The training loop, the run directory, checkpoints and `--resume`.
 //!
-//! A run directory holds `config.toml` (the resolved config), `metrics.jsonl`,
+//! A run directory holds `config.toml` (the resolved config, with the backend that ran),
+//! `metrics.jsonl`,
 //! `checkpoint.safetensors` (the latest, written atomically: model, AdamW state, sampling RNG
 //! and iteration count), `success.png`, `entropy.png`, `aem.png` and, once finished,
 //! `summary.json`.
@@ -22,10 +23,11 @@ use serde::Serialize;
 use super::config::{Backend, Resolved, TrainConfig};
 use super::eval::{self, Mode};
 use super::metrics::{self, StepRecord};
+use super::policy::{open_backend, Opened, Policy};
 use super::update::{self, alpha_of, base_advantages};
 use super::{rollout, warmup, TrainError};
 use crate::env::{self, Level, PromptConfig, Task};
-use crate::model::{self, AdamW, AdamWConfig, Gpt, GptConfig};
+use crate::model::{self, AdamWConfig, GptConfig};
 
 /// The checkpoint's file name inside a run directory.
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
@@ -64,23 +66,40 @@ fn adamw_config(cfg: &TrainConfig) -> AdamWConfig {
     }
 }
 
-/// Only the CPU backend drives the model for now: the others are a one-line error.
-pub fn check_backend(b: Backend) -> Result<(), TrainError> {
-    match b {
-        Backend::Cpu => Ok(()),
-        Backend::Emu => Err(TrainError::Backend("emu")),
-        Backend::Cuda => Err(TrainError::Backend("cuda")),
+/// The backend a run asks for: `opts.backend` if given, else the resumed run's recorded one
+/// (`--resume`), else `cfg`'s.
+pub fn requested_backend(cfg: &TrainConfig, opts: &RunOptions) -> Result<Backend, TrainError> {
+    if let Some(b) = opts.backend {
+        return Ok(b);
+    }
+    match &opts.resume {
+        Some(dir) => {
+            let cpath = dir.join(CONFIG);
+            if !cpath.exists() {
+                return Err(nothing_to_resume(dir));
+            }
+            Backend::parse(&TrainConfig::from_toml_file(&cpath)?.run.backend)
+        }
+        None => Ok(cfg.validate()?.backend),
+    }
+}
+
+fn nothing_to_resume(dir: &Path) -> TrainError {
+    TrainError::RunDir {
+        path: dir.to_path_buf(),
+        why: format!("nothing to resume: needs {CONFIG} and {CHECKPOINT}"),
     }
 }
 
 /// The trainer's state.
-pub struct Trainer {
+pub struct Trainer<'d> {
+    /// The run's config; `run.backend` is the resolved backend (never `auto`).
     pub cfg: TrainConfig,
     pub res: Resolved,
     pub level: Level,
     pub prompt: PromptConfig,
-    pub model: Gpt<f16>,
-    pub optim: AdamW,
+    /// The model and its optimizer on the chosen backend.
+    pub policy: Policy<'d>,
     /// Sampling RNG (saved in the checkpoint).
     pub rng: ChaCha8Rng,
     /// Iterations done.
@@ -89,14 +108,19 @@ pub struct Trainer {
     pub heldout: Vec<Task>,
 }
 
-impl Trainer {
-    /// A fresh trainer (validates the config; only the CPU backend is wired).
-    pub fn new(cfg: TrainConfig) -> Result<Self, TrainError> {
+impl<'d> Trainer<'d> {
+    /// A fresh trainer on the opened backend (validates the config; records the resolved
+    /// backend in `cfg.run.backend`).
+    pub fn new(mut cfg: TrainConfig, opened: &'d Opened) -> Result<Self, TrainError> {
+        cfg.run.backend = opened.backend.name().into();
         let res = cfg.validate()?;
-        check_backend(res.backend)?;
         let level = env::level(&cfg.env.level)?;
-        let model = Gpt::<f16>::new(gpt_config(&cfg, &level), cfg.run.seed)?;
-        let optim = AdamW::new(adamw_config(&cfg), &model)?;
+        let policy = Policy::fresh(
+            gpt_config(&cfg, &level),
+            cfg.run.seed,
+            adamw_config(&cfg),
+            opened.device.as_ref(),
+        )?;
         let rng = ChaCha8Rng::seed_from_u64(derive_seed(cfg.run.seed, "sample", 0));
         let heldout = env::test_tasks(&level, cfg.run.eval_tasks)?;
         Ok(Self {
@@ -107,40 +131,56 @@ impl Trainer {
             cfg,
             res,
             level,
-            model,
-            optim,
+            policy,
             rng,
             step: 0,
             heldout,
         })
     }
 
-    /// A trainer restored from a checkpoint of a run with this config.
-    pub fn from_checkpoint(cfg: TrainConfig, path: &Path) -> Result<Self, TrainError> {
-        let mut t = Self::new(cfg)?;
-        let ck = model::load_checkpoint::<f16>(path)?;
-        if ck.model.config() != t.model.config() {
+    /// A trainer restored from a checkpoint of a run with this config (on any backend: the
+    /// checkpoint is in the CPU format).
+    pub fn from_checkpoint(
+        mut cfg: TrainConfig,
+        path: &Path,
+        opened: &'d Opened,
+    ) -> Result<Self, TrainError> {
+        cfg.run.backend = opened.backend.name().into();
+        let res = cfg.validate()?;
+        let level = env::level(&cfg.env.level)?;
+        let want = gpt_config(&cfg, &level);
+        let mut ck = model::load_checkpoint::<f16>(path)?;
+        if *ck.model.config() != want {
             return Err(TrainError::RunDir {
                 path: path.to_path_buf(),
                 why: format!(
-                    "checkpoint model {:?} does not match the config's {:?}",
+                    "checkpoint model {:?} does not match the config's {want:?}",
                     ck.model.config(),
-                    t.model.config()
                 ),
             });
         }
-        t.model = ck.model;
-        t.optim = ck.optim;
-        t.optim.cfg = adamw_config(&t.cfg);
-        t.rng = ck.rng;
-        t.step = ck.step;
-        Ok(t)
+        ck.optim.cfg = adamw_config(&cfg);
+        let (rng, step) = (ck.rng.clone(), ck.step);
+        let policy = Policy::from_checkpoint(ck, opened.device.as_ref())?;
+        let heldout = env::test_tasks(&level, cfg.run.eval_tasks)?;
+        Ok(Self {
+            prompt: PromptConfig {
+                history: cfg.env.history,
+                mask: res.mask,
+            },
+            cfg,
+            res,
+            level,
+            policy,
+            rng,
+            step,
+            heldout,
+        })
     }
 
-    /// Writes the checkpoint atomically.
+    /// Writes the checkpoint atomically (CPU format, whatever the backend).
     pub fn save(&self, path: &Path) -> Result<(), TrainError> {
-        model::save_checkpoint(path, &self.model, &self.optim, &self.rng, self.step)?;
-        Ok(())
+        self.policy.save_checkpoint(path, &self.rng, self.step)
     }
 
     /// Imitation plus RL iterations.
@@ -175,7 +215,7 @@ impl Trainer {
         mut progress: impl FnMut(usize, usize),
     ) -> Result<(f64, f64), TrainError> {
         let s = eval::evaluate(
-            &self.model,
+            self.policy.sampler(),
             &self.heldout,
             self.prompt,
             Mode::Sampled,
@@ -184,7 +224,7 @@ impl Trainer {
             &mut progress,
         )?;
         let g = eval::evaluate(
-            &self.model,
+            self.policy.sampler(),
             &self.heldout,
             self.prompt,
             Mode::Greedy,
@@ -209,8 +249,7 @@ impl Trainer {
             let ro = warmup::random_valid_rollouts(&tasks, self.prompt, &mut self.rng);
             let sample_s = t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
-            let us =
-                warmup::imitation_step(&mut self.model, &mut self.optim, &ro, self.cfg.warmup.lr)?;
+            let us = warmup::imitation_step(self.policy.learner(), &ro, self.cfg.warmup.lr)?;
             let update_s = t1.elapsed().as_secs_f64();
             rec.phase = "imitation".into();
             rec.loss = Some(us.loss);
@@ -225,7 +264,7 @@ impl Trainer {
         let tasks = self.tasks_for(k, self.cfg.rollout.tasks)?;
         let t0 = Instant::now();
         let ro = rollout::collect(
-            &self.model,
+            self.policy.sampler(),
             &tasks,
             self.cfg.rollout.rollouts,
             self.prompt,
@@ -241,8 +280,7 @@ impl Trainer {
         let hcfg = update::head_config(&self.cfg, &self.res);
         let lr = self.cfg.lr_at(self.res.schedule, k - w - 1);
         let us = update::ppo_update(
-            &mut self.model,
-            &mut self.optim,
+            self.policy.learner(),
             &ro,
             &adv,
             &hcfg,
@@ -311,12 +349,18 @@ pub struct RunOptions {
     pub until: Option<u64>,
     /// Show a progress bar (on a terminal).
     pub progress: bool,
+    /// The backend, overriding the config's (for a new run) or the run's recorded one (with
+    /// `resume`: the checkpoint format is the same on every backend; the run's `config.toml`
+    /// then records the new one).
+    pub backend: Option<Backend>,
 }
 
 /// What a run reports when it stops.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunSummary {
     pub dir: PathBuf,
+    /// The backend that ran (resolved: never `auto`).
+    pub backend: String,
     pub steps_done: u64,
     pub total_steps: u64,
     pub random_valid_heldout: Option<f64>,
@@ -367,26 +411,40 @@ fn progress_bar(show: bool, total: u64, pos: u64) -> ProgressBar {
     pb
 }
 
-/// Trains a new run (`cfg`) or resumes one (`opts.resume`, whose own config is used).
+/// Trains a new run (`cfg`) or resumes one (`opts.resume`, whose own config is used) on the
+/// backend [`requested_backend`] names, opened with [`open_backend`].
 pub fn train(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary, TrainError> {
+    let opened = open_backend(requested_backend(&cfg, opts)?)?;
+    train_with(cfg, opts, &opened)
+}
+
+/// [`train`] on a backend already opened (so a caller can report what `auto` resolved to
+/// before the run starts). `opts.backend` is not consulted: `opened` is the backend.
+pub fn train_with(
+    cfg: TrainConfig,
+    opts: &RunOptions,
+    opened: &Opened,
+) -> Result<RunSummary, TrainError> {
     let started = Instant::now();
     let (dir, mut trainer, mut records) = if let Some(dir) = &opts.resume {
         let cpath = dir.join(CONFIG);
         let ckpt = dir.join(CHECKPOINT);
         if !cpath.exists() || !ckpt.exists() {
-            return Err(TrainError::RunDir {
-                path: dir.clone(),
-                why: format!("nothing to resume: needs {CONFIG} and {CHECKPOINT}"),
-            });
+            return Err(nothing_to_resume(dir));
         }
         let cfg = TrainConfig::from_toml_file(&cpath)?;
-        let trainer = Trainer::from_checkpoint(cfg, &ckpt)?;
+        let recorded = cfg.run.backend.clone();
+        let trainer = Trainer::from_checkpoint(cfg, &ckpt, opened)?;
+        if trainer.cfg.run.backend != recorded {
+            // Continued on another backend: the config records the one that runs now.
+            metrics::write_atomic(&cpath, trainer.cfg.to_toml()?.as_bytes())?;
+        }
         let mut recs = metrics::read_jsonl(&dir.join(METRICS))?;
         recs.retain(|r| r.step <= trainer.step);
         metrics::write_jsonl(&dir.join(METRICS), &recs)?;
         (dir.clone(), trainer, recs)
     } else {
-        let trainer = Trainer::new(cfg)?;
+        let trainer = Trainer::new(cfg, opened)?;
         let dir = match &opts.out {
             Some(d) => {
                 if d.join(CONFIG).exists()
@@ -420,7 +478,7 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary, TrainErr
         pb.set_message("evaluating the starting policy");
         let t0 = Instant::now();
         let rv = eval::evaluate(
-            &trainer.model,
+            trainer.policy.sampler(),
             &trainer.heldout,
             trainer.prompt,
             Mode::RandomValid,
@@ -482,6 +540,7 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary, TrainErr
         .find(|r| r.step > 0 && r.heldout_success.is_some());
     let summary = RunSummary {
         dir: dir.clone(),
+        backend: trainer.cfg.run.backend.clone(),
         steps_done: trainer.step,
         total_steps: total,
         random_valid_heldout: init.and_then(|r| r.random_valid_heldout),

@@ -1,24 +1,26 @@
 //! One policy update from a batch of rollouts: base advantages, AEM's α (from the sampling-time
-//! entropies, fixed for the whole update), then epochs × minibatches of PPO steps through the
-//! loss head's CPU reference.
+//! entropies, fixed for the whole update), then epochs × minibatches of PPO steps of a
+//! [`Learner`]: the loss head's CPU reference on the CPU path, the fused loss-head kernels on
+//! the device path (which take `α·A_base` with λ = 0: see [`super::policy`]).
 //!
 //! The loss head rejects non-finite logits, so the validity mask is applied to the logits fed
 //! to it by setting invalid entries to the most negative finite f16, −65504: `exp` underflows to
 //! exactly 0 there, so log-prob, entropy and gradient equal those of the masked distribution the
 //! tokens were sampled from, and invalid entries get a zero gradient (`tests/train_mask.rs`).
+//! The device path applies the same mask to its resident f16 logits (`mask_logits_v1`).
 
 use half::f16;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use super::config::{AdvantageKind, Resolved, TrainConfig};
+use super::policy::Learner;
 use super::rollout::Rollouts;
 use super::TrainError;
 use crate::advantage::{self, GigpoConfig, Step};
 use crate::cpu;
 use crate::env::vocab::PAD;
 use crate::head::{self, HeadConfig, HeadInputs};
-use crate::model::{AdamW, Gpt};
 
 /// The masked-logit value: the most negative finite f16.
 pub const MASKED_LOGIT: f32 = -65504.0;
@@ -180,25 +182,28 @@ pub fn head_config(cfg: &TrainConfig, res: &Resolved) -> HeadConfig {
 }
 
 /// A packed minibatch: sequences (prompt ++ response minus its last token), right-padded.
-struct Packed {
-    b: usize,
-    t: usize,
+#[derive(Debug, Clone, PartialEq)]
+pub struct Packed {
+    pub b: usize,
+    pub t: usize,
     /// tokens: (B, T) u32
-    tokens: Vec<u32>,
+    pub tokens: Vec<u32>,
     /// The (B·T) position of each owned row, in row order (responses contiguous).
-    rows: Vec<usize>,
+    pub rows: Vec<usize>,
     /// targets, masks, old_logp: (N_tok)
-    targets: Vec<u32>,
-    masks: Vec<u64>,
-    old_logp: Vec<f32>,
-    /// resp_start, resp_len, resp_group: (R_mb); adv: (R_mb) α·A_base.
-    resp_start: Vec<u32>,
-    resp_len: Vec<u32>,
-    resp_group: Vec<u32>,
-    adv: Vec<f64>,
+    pub targets: Vec<u32>,
+    pub masks: Vec<u64>,
+    pub old_logp: Vec<f32>,
+    /// resp_start, resp_len, resp_group: (R_mb), indices into the N_tok owned rows;
+    /// adv: (R_mb) α·A_base.
+    pub resp_start: Vec<u32>,
+    pub resp_len: Vec<u32>,
+    pub resp_group: Vec<u32>,
+    pub adv: Vec<f64>,
 }
 
-fn pack(ro: &Rollouts, idx: &[usize], adv: &[f64]) -> Result<Packed, TrainError> {
+/// Packs the turns `idx` of `ro` with per-turn advantages `adv` (R = all turns).
+pub fn pack(ro: &Rollouts, idx: &[usize], adv: &[f64]) -> Result<Packed, TrainError> {
     let b = idx.len();
     let t = idx
         .iter()
@@ -266,12 +271,11 @@ pub fn masked_rows(
     }
 }
 
-/// Runs `epochs × minibatches` optimizer steps over the rollouts with per-turn advantages
-/// `adv` (already multiplied by α) at learning rate `lr`.
+/// Runs `epochs × minibatches` optimizer steps of `learner` (either model path) over the
+/// rollouts with per-turn advantages `adv` (already multiplied by α) at learning rate `lr`.
 #[allow(clippy::too_many_arguments)]
 pub fn ppo_update(
-    model: &mut Gpt<f16>,
-    optim: &mut AdamW,
+    learner: &mut dyn Learner,
     ro: &Rollouts,
     adv: &[f64],
     hcfg: &HeadConfig,
@@ -280,12 +284,10 @@ pub fn ppo_update(
     lr: f32,
     rng: &mut ChaCha8Rng,
 ) -> Result<UpdateStats, TrainError> {
-    let vocab = model.config().vocab;
     let mut st = UpdateStats::default();
     let (mut rows_seen, mut clipped, mut kl_sum) = (0usize, 0usize, 0.0f64);
     let mut order: Vec<usize> = (0..ro.turns.len()).collect();
-    let mut head_logits = Vec::new();
-    optim.cfg.lr = lr;
+    learner.set_lr(lr)?;
     for _ in 0..epochs {
         if minibatches > 1 {
             order.shuffle(rng);
@@ -293,51 +295,23 @@ pub fn ppo_update(
         let per = order.len().div_ceil(minibatches.max(1)).max(1);
         for chunk in order.chunks(per) {
             let p = pack(ro, chunk, adv)?;
-            let logits = model.forward(&p.tokens, p.b, p.t)?;
-            masked_rows(logits, vocab, &p.rows, &p.masks, &mut head_logits);
-            let adv_base: Vec<f32> = p.adv.iter().map(|&a| a as f32).collect();
-            let inp = HeadInputs {
-                logits: &head_logits,
-                vocab,
-                targets: &p.targets,
-                resp_start: &p.resp_start,
-                resp_len: &p.resp_len,
-                resp_group: &p.resp_group,
-                n_groups: ro.n_groups,
-                adv_base: &adv_base,
-                old_logp: Some(&p.old_logp),
-                ref_logp: None,
-            };
-            let layout = head::validate(&inp, hcfg)?;
-            let ts = cpu::token_stats::<f64>(&inp, hcfg);
-            // α was fixed at sampling time: pass α·A_base directly (f64, not rounded to f32).
-            let loss = cpu::policy_loss(&inp, hcfg, &layout, &ts, &p.adv);
-            let mut drows = vec![0.0f32; head_logits.len()];
-            cpu::policy_grad(&inp, hcfg, &ts, &loss, &mut drows);
-            let mut dlogits = vec![0.0f32; p.b * p.t * vocab];
-            for (k, &r) in p.rows.iter().enumerate() {
-                dlogits[r * vocab..(r + 1) * vocab]
-                    .copy_from_slice(&drows[k * vocab..(k + 1) * vocab]);
-            }
-            model.zero_grad();
-            model.backward(&dlogits)?;
-            let norm = optim.step(model)?;
-            if !loss.loss.is_finite() || !norm.is_finite() {
+            let out = learner.ppo_step(&p, hcfg, ro.n_groups)?;
+            if !out.loss.is_finite() || !out.grad_norm.is_finite() {
                 return Err(TrainError::NonFinite(format!(
-                    "loss {} grad norm {norm}",
-                    loss.loss
+                    "loss {} grad norm {}",
+                    out.loss, out.grad_norm
                 )));
             }
-            st.loss += loss.loss;
-            st.grad_norm += f64::from(norm);
+            st.loss += out.loss;
+            st.grad_norm += f64::from(out.grad_norm);
             st.opt_steps += 1;
             st.positions += p.b * p.t;
             rows_seen += p.rows.len();
-            clipped += loss.clipped_rows;
+            clipped += out.clipped_rows;
             kl_sum += p
                 .old_logp
                 .iter()
-                .zip(&ts.logp)
+                .zip(&out.logp)
                 .map(|(&o, &l)| f64::from(o) - l)
                 .sum::<f64>();
         }

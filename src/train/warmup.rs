@@ -2,14 +2,13 @@
 //! policy (the grammar, or the admissible actions, with no task knowledge), by cross-entropy of
 //! the masked distribution on responses that policy sampled.
 
-use half::f16;
 use rand_chacha::ChaCha8Rng;
 
+use super::policy::Learner;
 use super::rollout::{Rollouts, Trajectory, Turn};
 use super::update::{masked_rows, UpdateStats};
 use super::TrainError;
 use crate::env::{Episode, PromptConfig, Task};
-use crate::model::{AdamW, Gpt};
 
 /// Episodes of the uniformly random valid policy on `tasks` (one each), recording every turn's
 /// mask like [`super::rollout::collect`] (log-probs are those of the uniform policy).
@@ -69,14 +68,14 @@ pub fn random_valid_rollouts(
 }
 
 /// One imitation step: mean cross-entropy of the masked distribution against the tokens of
-/// `ro`, one optimizer step at `lr`. Returns the loss in `UpdateStats::loss`.
+/// `ro`, one optimizer step at `lr`. Returns the loss in `UpdateStats::loss`. On either model
+/// path the logits come back to the host for the cross-entropy and its gradient goes back.
 pub fn imitation_step(
-    model: &mut Gpt<f16>,
-    optim: &mut AdamW,
+    learner: &mut dyn Learner,
     ro: &Rollouts,
     lr: f32,
 ) -> Result<UpdateStats, TrainError> {
-    let vocab = model.config().vocab;
+    let vocab = learner.gpt_config().vocab;
     let b = ro.turns.len();
     if b == 0 {
         return Ok(UpdateStats::default());
@@ -100,9 +99,9 @@ pub fn imitation_step(
             targets.push(turn.response[k]);
         }
     }
-    let logits = model.forward(&tokens, b, t)?;
+    let logits = learner.forward_logits(&tokens, b, t)?;
     let mut head = Vec::new();
-    masked_rows(logits, vocab, &rows, &masks, &mut head);
+    masked_rows(&logits, vocab, &rows, &masks, &mut head);
     let n = rows.len() as f64;
     let mut dlogits = vec![0.0f32; b * t * vocab];
     let mut loss = 0.0f64;
@@ -122,10 +121,8 @@ pub fn imitation_step(
             *d = ((p - onehot) / n) as f32;
         }
     }
-    optim.cfg.lr = lr;
-    model.zero_grad();
-    model.backward(&dlogits)?;
-    let norm = optim.step(model)?;
+    learner.set_lr(lr)?;
+    let norm = learner.backward_step(&dlogits)?;
     let loss = loss / n;
     if !loss.is_finite() || !norm.is_finite() {
         return Err(TrainError::NonFinite(format!(

@@ -19,5 +19,7 @@ pub fn tiny(level: &str, ood: &str) -> TrainConfig {
     c.run.eval_tasks = 8;
     c.run.checkpoint_every = 2;
     c.optim.lr = 1e-3;
+    // The CPU path whatever the machine (the default `auto` would take a GPU when present).
+    c.run.backend = "cpu".into();
     c
 }
