@@ -11,7 +11,8 @@
 //! forward+backward reads T·V·2 once when the row fits in shared memory and writes T·V·2.
 
 use aem::cpu;
-use aem::head::{self, HeadConfig, HeadInputs};
+use aem::head::file::HeadData;
+use aem::head::{self, HeadConfig};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use half::f16;
 use std::hint::black_box;
@@ -23,62 +24,36 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-struct Batch {
-    logits: Vec<f16>,
-    vocab: usize,
-    targets: Vec<u32>,
-    resp_start: Vec<u32>,
-    resp_len: Vec<u32>,
-    resp_group: Vec<u32>,
-    adv_base: Vec<f32>,
-    n_groups: usize,
-}
-
-impl Batch {
-    /// T rows in responses of 16 rows, groups of 8 responses; logits distinct per row and column.
-    fn new(t: usize, v: usize) -> Self {
-        let logits = (0..t * v)
-            .map(|i| {
-                let (r, c) = ((i / v) as f32, (i % v) as f32);
-                f16::from_f32(3.0 * (c * 0.731 + r * 0.37).sin() + 0.5 * (c * 0.013).cos())
-            })
-            .collect();
-        let targets = (0..t).map(|i| ((i * 7919) % v) as u32).collect();
-        let r = t / 16;
-        Batch {
-            logits,
-            vocab: v,
-            targets,
-            resp_start: (0..r).map(|i| (16 * i) as u32).collect(),
-            resp_len: vec![16; r],
-            resp_group: (0..r).map(|i| (i / 8) as u32).collect(),
-            adv_base: (0..r)
-                .map(|i| if i % 3 == 0 { 1.0 } else { -0.5 })
-                .collect(),
-            n_groups: r.div_ceil(8),
-        }
-    }
-
-    fn inputs(&self) -> HeadInputs<'_> {
-        HeadInputs {
-            logits: &self.logits,
-            vocab: self.vocab,
-            targets: &self.targets,
-            resp_start: &self.resp_start,
-            resp_len: &self.resp_len,
-            resp_group: &self.resp_group,
-            n_groups: self.n_groups,
-            adv_base: &self.adv_base,
-            old_logp: None,
-            ref_logp: None,
-        }
+/// T rows in responses of 16 rows, groups of 8 responses; logits distinct per row and column.
+fn batch(t: usize, v: usize) -> HeadData {
+    let logits = (0..t * v)
+        .map(|i| {
+            let (r, c) = ((i / v) as f32, (i % v) as f32);
+            f16::from_f32(3.0 * (c * 0.731 + r * 0.37).sin() + 0.5 * (c * 0.013).cos())
+        })
+        .collect();
+    let targets = (0..t).map(|i| ((i * 7919) % v) as u32).collect();
+    let r = t / 16;
+    HeadData {
+        logits,
+        vocab: v,
+        targets,
+        resp_start: (0..r).map(|i| (16 * i) as u32).collect(),
+        resp_len: vec![16; r],
+        resp_group: (0..r).map(|i| (i / 8) as u32).collect(),
+        n_groups: r.div_ceil(8),
+        adv_base: (0..r)
+            .map(|i| if i % 3 == 0 { 1.0 } else { -0.5 })
+            .collect(),
+        old_logp: None,
+        ref_logp: None,
     }
 }
 
 fn bench_cpu(c: &mut Criterion) {
     let t = env_usize("AEM_BENCH_T", 4096);
     let v = env_usize("AEM_BENCH_V", 32000);
-    let b = Batch::new(t, v);
+    let b = batch(t, v);
     let inp = b.inputs();
     let cfg = HeadConfig::default();
     let layout = head::validate(&inp, &cfg).expect("valid bench batch");
@@ -125,7 +100,7 @@ fn bench_gpu(c: &mut Criterion) {
     eprintln!("GPU benches on {}", dev.name());
     let t = env_usize("AEM_BENCH_GPU_T", 16384);
     for v in [32000usize, 151936] {
-        let b = Batch::new(t, v);
+        let b = batch(t, v);
         let inp = b.inputs();
         let cfg = HeadConfig::default();
         let tv = (t * v) as u64;

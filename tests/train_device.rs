@@ -19,7 +19,7 @@ use aem::head::launch::{self, Plan};
 use aem::head::HeadInputs;
 use aem::model::{load_checkpoint, AdamW, DeviceGpt, Gpt, GptConfig};
 use aem::train::config::Backend;
-use aem::train::metrics::{read_jsonl, TIMING_FIELDS};
+use aem::train::metrics::read_jsonl;
 use aem::train::policy::{
     device_head_config, open_backend, CpuLearner, DeviceBatch, DeviceLearner, Learner,
 };
@@ -29,6 +29,7 @@ use aem::train::{train, RunOptions, TrainConfig};
 use half::f16;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use train_support::strip;
 
 /// Absolute slack of the rule. The device path differs from the f16 CPU path in the GEMMs' f32
 /// summation order (k ≤ 4C = 64 products of O(1) values: |Δ| ≤ k·2⁻²⁴·Σ|terms| ≈ 4e-6 per
@@ -467,18 +468,6 @@ fn emu_short_run_is_finite_and_complete() {
     )
     .unwrap();
     assert_eq!(rows.len(), 6);
-}
-
-fn strip(recs: &[aem::train::metrics::StepRecord]) -> Vec<serde_json::Value> {
-    recs.iter()
-        .map(|r| {
-            let mut v = serde_json::to_value(r).unwrap();
-            for k in TIMING_FIELDS {
-                v.as_object_mut().unwrap().remove(k);
-            }
-            v
-        })
-        .collect()
 }
 
 /// `--resume` on the emulator continues bit for bit: parameters, AdamW state, RNG, metrics.

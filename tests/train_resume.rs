@@ -4,21 +4,10 @@
 mod train_support;
 
 use aem::model::load_checkpoint;
-use aem::train::metrics::{read_jsonl, TIMING_FIELDS};
+use aem::train::metrics::read_jsonl;
 use aem::train::{train, RunOptions};
 use half::f16;
-
-fn strip(recs: &[aem::train::metrics::StepRecord]) -> Vec<serde_json::Value> {
-    recs.iter()
-        .map(|r| {
-            let mut v = serde_json::to_value(r).unwrap();
-            for k in TIMING_FIELDS {
-                v.as_object_mut().unwrap().remove(k);
-            }
-            v
-        })
-        .collect()
-}
+use train_support::strip;
 
 #[test]
 fn resume_is_bit_identical() {

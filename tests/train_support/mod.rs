@@ -1,6 +1,7 @@
 //! Tiny trainer configs shared by the train_* tests (seconds at opt-level 1).
 #![allow(dead_code)]
 
+use aem::train::metrics::{StepRecord, TIMING_FIELDS};
 use aem::train::TrainConfig;
 
 /// A config that trains in about a second: a 1-layer d=16 model, 2 tasks × 4 rollouts.
@@ -22,4 +23,18 @@ pub fn tiny(level: &str, ood: &str) -> TrainConfig {
     // The CPU path whatever the machine (the default `auto` would take a GPU when present).
     c.run.backend = "cpu".into();
     c
+}
+
+/// Metrics records as JSON without their wall-clock fields (which differ run to run), for
+/// comparing two runs' metrics.
+pub fn strip(recs: &[StepRecord]) -> Vec<serde_json::Value> {
+    recs.iter()
+        .map(|r| {
+            let mut v = serde_json::to_value(r).unwrap();
+            for k in TIMING_FIELDS {
+                v.as_object_mut().unwrap().remove(k);
+            }
+            v
+        })
+        .collect()
 }
