@@ -137,9 +137,18 @@ __device__ __forceinline__ int aem_misalign_elems(const T* p) {
   return (int)((reinterpret_cast<unsigned long long>(p) % 16ull) / sizeof(T));
 }
 
-// Store one f32 value as the gradient's element type (round to nearest even for f16).
-__device__ __forceinline__ void aem_store(__half* p, float v) { *p = aem_f2h(v); }
-__device__ __forceinline__ void aem_store(float* p, float v) { *p = v; }
+// Store one f32 value as the gradient's element type (round to nearest even for f16). Returns 1
+// if the stored value is not finite (|v| ≥ 65520 overflows f16), else 0: the gradient kernels
+// count such entries so that an overflow is reported, not written silently.
+__device__ __forceinline__ unsigned aem_store(__half* p, float v) {
+  const __half h = aem_f2h(v);
+  *p = h;
+  return aem_isfinite(aem_h2f(h)) ? 0u : 1u;
+}
+__device__ __forceinline__ unsigned aem_store(float* p, float v) {
+  *p = v;
+  return aem_isfinite(v) ? 0u : 1u;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Reductions. Warp versions return the result in lane 0 (other lanes hold partial values);

@@ -50,6 +50,9 @@
 // Launcher-zeroed buffers (the kernels never allocate):
 // - bad_count (1) u32: set to 0 before token_stats_*, loss_head_fwd_v1, loss_head_fused_*.
 // - first_bad_row (1) u32: set to 0xFFFFFFFF before the same kernels (atomicMin).
+// - grad_bad (2) u32: {0, 0xFFFFFFFF} before policy_grad_* and loss_head_fused_*: the count and
+//   the first row of non-finite dlogits entries written (an overflow, e.g. of f16 under a large
+//   grad_scale, is reported by the launcher, never returned silently).
 // - resp_done (R) u32 and grp_done (G) u32 (loss_head_fwd_v1 only): zero before the launch; the
 //   kernel leaves them zero again when it completes, so zeroing once after allocation suffices
 //   (zero them again after a failed launch).
@@ -576,18 +579,27 @@ __device__ __forceinline__ float aem_grad_elem(float x, int e, int y, const AemG
 }
 
 // Store 8 gradient values at out[0..8): one 16-byte store (f16) / two (f32) when aligned.
-__device__ __forceinline__ void aem_store8(__half* out, const float* v, bool vec_ok) {
+// Returns how many stored values are not finite.
+__device__ __forceinline__ unsigned aem_store8(__half* out, const float* v, bool vec_ok) {
+  unsigned bad = 0;
   if (vec_ok) {
     AemHalf8 o;
 #pragma unroll
-    for (int k = 0; k < 8; ++k) o.h[k] = aem_f2h(v[k]);
+    for (int k = 0; k < 8; ++k) {
+      o.h[k] = aem_f2h(v[k]);
+      bad += aem_isfinite(aem_h2f(o.h[k])) ? 0u : 1u;
+    }
     *reinterpret_cast<AemHalf8*>(out) = o;
   } else {
 #pragma unroll
-    for (int k = 0; k < 8; ++k) out[k] = aem_f2h(v[k]);
+    for (int k = 0; k < 8; ++k) bad += aem_store(out + k, v[k]);
   }
+  return bad;
 }
-__device__ __forceinline__ void aem_store8(float* out, const float* v, bool vec_ok) {
+__device__ __forceinline__ unsigned aem_store8(float* out, const float* v, bool vec_ok) {
+  unsigned bad = 0;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) bad += aem_isfinite(v[k]) ? 0u : 1u;
   if (vec_ok) {
     AemFloat4 a, b;
 #pragma unroll
@@ -601,20 +613,34 @@ __device__ __forceinline__ void aem_store8(float* out, const float* v, bool vec_
 #pragma unroll
     for (int k = 0; k < 8; ++k) out[k] = v[k];
   }
+  return bad;
+}
+
+// Adds a thread's count of non-finite gradient entries of row t to grad_bad (2) u32:
+// [0] += count (mod 2^32: informational), [1] = min row with one (the launcher sets 0xFFFFFFFF;
+// a value below it is the signal).
+__device__ __forceinline__ void aem_count_grad_bad(unsigned bad, long long t,
+                                                   unsigned int* grad_bad) {
+  if (bad != 0u) {
+    atomicAdd(&grad_bad[0], bad);
+    atomicMin(&grad_bad[1], (unsigned int)t);
+  }
 }
 
 // Stream one row of the gradient. Same partition as aem_row_partial (from the logits row's
 // address), so with FROM_CACHE each thread reads back exactly what it cached, and in place
 // (out == row, f16) every element is read by the thread that then writes it.
+// Returns this thread's count of non-finite stored values.
 template <typename OutT, bool FROM_CACHE>
-__device__ __forceinline__ void aem_grad_row(const __half* row, const __half* cache, OutT* out,
-                                             int V, unsigned int y, const AemGradCoef& k, int tid,
-                                             int nt) {
+__device__ __forceinline__ unsigned aem_grad_row(const __half* row, const __half* cache,
+                                                 OutT* out, int V, unsigned int y,
+                                                 const AemGradCoef& k, int tid, int nt) {
   const AemRowSplit sp = aem_row_split(row, V);
   const int yi = y < (unsigned int)V ? (int)y : -1;
+  unsigned bad = 0;
   if (tid < sp.head) {
     const __half h = FROM_CACHE ? cache[sp.mis + tid] : row[tid];
-    aem_store(out + tid, aem_grad_elem(aem_h2f(h), tid, yi, k));
+    bad += aem_store(out + tid, aem_grad_elem(aem_h2f(h), tid, yi, k));
   }
   const AemHalf8* vec = reinterpret_cast<const AemHalf8*>(
       FROM_CACHE ? cache + sp.mis + sp.head : row + sp.head);
@@ -625,13 +651,14 @@ __device__ __forceinline__ void aem_grad_row(const __half* row, const __half* ca
     float v[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) v[j] = aem_grad_elem(aem_h2f(x.h[j]), e0 + j, yi, k);
-    aem_store8(out + e0, v, vec_ok);
+    bad += aem_store8(out + e0, v, vec_ok);
   }
   const int e = sp.tail_start + tid;
   if (e < V) {
     const __half h = FROM_CACHE ? cache[sp.mis + e] : row[e];
-    aem_store(out + e, aem_grad_elem(aem_h2f(h), e, yi, k));
+    bad += aem_store(out + e, aem_grad_elem(aem_h2f(h), e, yi, k));
   }
+  return bad;
 }
 
 // Zero one output row (unowned rows): head / 16-byte vectors / tail by the output's alignment.
@@ -664,13 +691,15 @@ __device__ __forceinline__ void aem_zero_row(OutT* out, int V, int tid, int nt) 
 //   T, V        i32 counts
 //   dlogits     (T, V) f16 or f32 out: s·w_t/τ·(g_t(1[v=y] − p_v) + β_H p_v (z_v − E_z)); 0 unowned
 //   token_loss  (T) f32 out: ℓ_t unweighted, 0 for unowned rows
+//   grad_bad    (2) u32 in/out: [0] += non-finite dlogits entries written, [1] = min such row
+//               (launcher: 0, 0xFFFFFFFF)
 //   p           AemHeadParams
 template <typename OutT>
 __device__ __forceinline__ void aem_policy_grad_impl(
     const __half* logits, const unsigned int* targets, const int* row_resp,
     const unsigned int* resp_len, const float* adv, const float* logp, const float* entropy,
     const float* lse, const float* old_logp, const float* ref_logp, int T, int V, OutT* dlogits,
-    float* token_loss, const AemHeadParams& p) {
+    float* token_loss, unsigned int* grad_bad, const AemHeadParams& p) {
   const long long t = blockIdx.x;
   if (t >= T) return;  // uniform over the block
   const int r = row_resp[t];
@@ -687,8 +716,9 @@ __device__ __forceinline__ void aem_policy_grad_impl(
   const AemTokenLoss tl = aem_token_loss(adv[r], lp, h, old, ref, p);
   if (threadIdx.x == 0) token_loss[t] = tl.loss;
   const AemGradCoef k = aem_grad_coef(lse[t], h, tl.g, resp_len[r], p);
-  aem_grad_row<OutT, false>(logits + aem_row_offset(t, V), nullptr, out, V, targets[t], k,
-                            threadIdx.x, blockDim.x);
+  const unsigned bad = aem_grad_row<OutT, false>(logits + aem_row_offset(t, V), nullptr, out, V,
+                                                 targets[t], k, threadIdx.x, blockDim.x);
+  aem_count_grad_bad(bad, t, grad_bad);
 }
 
 extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
@@ -698,9 +728,9 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
                        const float* __restrict__ entropy, const float* __restrict__ lse,
                        const float* __restrict__ old_logp, const float* __restrict__ ref_logp,
                        int T, int V, __half* dlogits, float* __restrict__ token_loss,
-                       AemHeadParams p) {
+                       unsigned int* grad_bad, AemHeadParams p) {
   aem_policy_grad_impl<__half>(logits, targets, row_resp, resp_len, adv, logp, entropy, lse,
-                               old_logp, ref_logp, T, V, dlogits, token_loss, p);
+                               old_logp, ref_logp, T, V, dlogits, token_loss, grad_bad, p);
 }
 
 extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
@@ -710,9 +740,9 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
                        const float* __restrict__ entropy, const float* __restrict__ lse,
                        const float* __restrict__ old_logp, const float* __restrict__ ref_logp,
                        int T, int V, float* __restrict__ dlogits, float* __restrict__ token_loss,
-                       AemHeadParams p) {
+                       unsigned int* grad_bad, AemHeadParams p) {
   aem_policy_grad_impl<float>(logits, targets, row_resp, resp_len, adv, logp, entropy, lse,
-                              old_logp, ref_logp, T, V, dlogits, token_loss, p);
+                              old_logp, ref_logp, T, V, dlogits, token_loss, grad_bad, p);
 }
 
 // =============================================================================================
@@ -733,6 +763,7 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
 //   logp, entropy, lse  (T) f32 out (as token_stats, all rows)
 //   token_loss      (T) f32 out: ℓ_t unweighted, 0 for unowned rows
 //   bad_count (1) u32 (launcher: 0), first_bad_row (1) u32 (launcher: 0xFFFFFFFF)
+//   grad_bad        (2) u32 in/out (as policy_grad)
 //   p               AemHeadParams
 // =============================================================================================
 template <typename OutT>
@@ -741,7 +772,7 @@ __device__ __forceinline__ void aem_fused_impl(
     const unsigned int* resp_len, const float* adv, const float* old_logp, const float* ref_logp,
     int T, int V, unsigned int row_cache_bytes, OutT* dlogits, float* logp, float* entropy,
     float* lse, float* token_loss, unsigned int* bad_count, unsigned int* first_bad_row,
-    const AemHeadParams& p) {
+    unsigned int* grad_bad, const AemHeadParams& p) {
   const long long t = blockIdx.x;
   if (t >= T) return;  // uniform over the block
   AEM_DYN_SMEM(__half, cache);
@@ -766,10 +797,10 @@ __device__ __forceinline__ void aem_fused_impl(
   const AemTokenLoss tl = aem_token_loss(adv[r], rs.logp, rs.entropy, old, ref, p);
   if (threadIdx.x == 0) token_loss[t] = tl.loss;
   const AemGradCoef k = aem_grad_coef(rs.lse, rs.entropy, tl.g, resp_len[r], p);
-  if (cached)
-    aem_grad_row<OutT, true>(row, cache, out, V, y, k, threadIdx.x, blockDim.x);
-  else
-    aem_grad_row<OutT, false>(row, nullptr, out, V, y, k, threadIdx.x, blockDim.x);
+  const unsigned bad =
+      cached ? aem_grad_row<OutT, true>(row, cache, out, V, y, k, threadIdx.x, blockDim.x)
+             : aem_grad_row<OutT, false>(row, nullptr, out, V, y, k, threadIdx.x, blockDim.x);
+  aem_count_grad_bad(bad, t, grad_bad);
 }
 
 extern "C" __global__ void AEM_LAUNCH_BOUNDS_1(AEM_MAX_THREADS)
@@ -781,10 +812,11 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS_1(AEM_MAX_THREADS)
                            unsigned int row_cache_bytes, __half* dlogits, float* __restrict__ logp,
                            float* __restrict__ entropy, float* __restrict__ lse,
                            float* __restrict__ token_loss, unsigned int* bad_count,
-                           unsigned int* first_bad_row, AemHeadParams p) {
+                           unsigned int* first_bad_row, unsigned int* grad_bad,
+                           AemHeadParams p) {
   aem_fused_impl<__half>(logits, targets, row_resp, resp_len, adv, old_logp, ref_logp, T, V,
                          row_cache_bytes, dlogits, logp, entropy, lse, token_loss, bad_count,
-                         first_bad_row, p);
+                         first_bad_row, grad_bad, p);
 }
 
 extern "C" __global__ void AEM_LAUNCH_BOUNDS_1(AEM_MAX_THREADS)
@@ -798,10 +830,10 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS_1(AEM_MAX_THREADS)
                            float* __restrict__ logp, float* __restrict__ entropy,
                            float* __restrict__ lse, float* __restrict__ token_loss,
                            unsigned int* bad_count, unsigned int* first_bad_row,
-                           AemHeadParams p) {
+                           unsigned int* grad_bad, AemHeadParams p) {
   aem_fused_impl<float>(logits, targets, row_resp, resp_len, adv, old_logp, ref_logp, T, V,
                         row_cache_bytes, dlogits, logp, entropy, lse, token_loss, bad_count,
-                        first_bad_row, p);
+                        first_bad_row, grad_bad, p);
 }
 
 // =============================================================================================

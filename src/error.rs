@@ -71,6 +71,18 @@ pub enum Error {
     /// The model, its optimizer, sampler or checkpoints (`model::ModelError`).
     #[error("model: {0}")]
     Model(#[from] crate::model::ModelError),
+    /// A size decided by the inputs or the config does not fit in memory.
+    #[error("{0}")]
+    Memory(#[from] crate::mem::TooLarge),
+    /// An output would be non-finite: `arg` is the output, `index` its first bad row, `count`
+    /// the bad entries, `cause` what overflowed.
+    #[error("{arg}[{index}] is not finite ({count} {}): {cause}", if *count == 1 { "entry" } else { "entries" })]
+    NonFiniteOutput {
+        arg: &'static str,
+        index: usize,
+        count: u64,
+        cause: String,
+    },
     /// A device (CUDA or emulator) reported a failure.
     #[error("{backend}: {message}")]
     Device {

@@ -24,12 +24,104 @@ pub struct Tensor<T> {
     pub shape: Vec<usize>,
 }
 
+/// Refuses a path that exists but is not a regular file (a FIFO, a device, a directory, a
+/// socket): reading one could block forever, writing over one would replace it.
+fn require_regular(path: &Path, md: &std::fs::Metadata, role: &str) -> Result<()> {
+    if md.is_file() {
+        return Ok(());
+    }
+    let ft = md.file_type();
+    let kind = if ft.is_dir() {
+        "a directory"
+    } else {
+        special_kind(&ft)
+    };
+    Err(Error::File {
+        path: path.to_path_buf(),
+        reason: format!("{role} is {kind}, not a regular file: refused"),
+    })
+}
+
+#[cfg(unix)]
+fn special_kind(ft: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_char_device() || ft.is_block_device() {
+        "a device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+#[cfg(not(unix))]
+fn special_kind(_: &std::fs::FileType) -> &'static str {
+    "a special file"
+}
+
+/// Reads a whole input file, refusing anything but a regular file (checked before opening, so a
+/// FIFO never blocks, and again on the opened handle).
+pub fn read_input(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    require_regular(path, &std::fs::metadata(path).map_err(io)?, "input")?;
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    require_regular(path, &f.metadata().map_err(io)?, "input")?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).map_err(io)?;
+    Ok(bytes)
+}
+
+/// [`read_input`] as UTF-8 text.
+pub fn read_input_text(path: &Path) -> Result<String> {
+    String::from_utf8(read_input(path)?).map_err(|e| Error::File {
+        path: path.to_path_buf(),
+        reason: format!("not UTF-8 text: {e}"),
+    })
+}
+
+/// Checks that `output` may be written: if it exists it must be a regular file, and it must not
+/// be the same file as any of `inputs` (writing would destroy the data being read).
+pub fn check_output(output: &Path, inputs: &[&Path]) -> Result<()> {
+    let Ok(md) = std::fs::metadata(output) else {
+        return Ok(()); // absent (or unreadable: the write reports why)
+    };
+    require_regular(output, &md, "output")?;
+    for input in inputs {
+        if let Ok(imd) = std::fs::metadata(input) {
+            if same_file(&md, &imd) {
+                return Err(Error::File {
+                    path: output.to_path_buf(),
+                    reason: format!(
+                        "output is the same file as the input {}: refused",
+                        input.display()
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &std::fs::Metadata, _: &std::fs::Metadata) -> bool {
+    false
+}
+
 impl TensorFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = read_input(path)?;
         // Parse once up front so a bad file is reported on open.
         SafeTensors::deserialize(&bytes).map_err(|e| Error::File {
             path: path.to_path_buf(),
@@ -176,12 +268,15 @@ impl OutTensor {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename.
+/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename, fsync of the
+/// directory (so the rename survives a power cut). A `path` that exists and is not a regular
+/// file is refused (never replaced).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
     };
+    check_output(path, &[])?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -198,7 +293,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     tmp.as_file().sync_all().map_err(io)?;
     tmp.persist(path).map_err(|e| io(e.error))?;
+    sync_dir(&dir);
     Ok(())
+}
+
+/// Best-effort fsync of a directory (makes a rename or a new file durable; not every file system
+/// supports it, so failures are ignored).
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
 }
 
 /// Serialises named tensors (little-endian, as safetensors requires) and writes them atomically.

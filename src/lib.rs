@@ -25,6 +25,7 @@ pub mod env;
 pub mod error;
 pub mod head;
 pub mod io;
+pub mod mem;
 pub mod model;
 pub mod train;
 

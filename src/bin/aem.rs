@@ -11,6 +11,27 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// A count flag: a whole number >= 0. Negative and fractional values are domain errors naming the
+/// value (not clap's "unexpected argument" or "invalid digit").
+fn count(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    if let Ok(n) = t.parse::<usize>() {
+        return Ok(n);
+    }
+    match t.parse::<f64>() {
+        Ok(x) if x < 0.0 => Err(format!("{t} must be >= 0")),
+        Ok(x) if x.fract() == 0.0 && x.is_finite() => usize::try_from(x as u128)
+            .map_err(|_| format!("{t} is too large (at most {})", usize::MAX)),
+        Ok(_) => Err(format!("{t} must be a whole number")),
+        Err(_) => Err(format!("{t} is not a number")),
+    }
+}
+
+/// A u64 flag (seeds, iteration counts), with the same domain messages as [`count`].
+fn count64(s: &str) -> Result<u64, String> {
+    count(s).and_then(|n| u64::try_from(n).map_err(|_| format!("{s} is too large")))
+}
+
 #[derive(Parser)]
 #[command(
     name = "aem",
@@ -63,16 +84,16 @@ struct TrainArgs {
     #[arg(long)]
     delta: Option<f32>,
     /// RL iterations.
-    #[arg(long)]
+    #[arg(long, value_parser = count64)]
     steps: Option<u64>,
     /// Tasks per iteration (B).
-    #[arg(long)]
+    #[arg(long, value_parser = count)]
     tasks: Option<usize>,
     /// Rollouts per task (N).
-    #[arg(long)]
+    #[arg(long, value_parser = count)]
     rollouts: Option<usize>,
     /// Past turns in the prompt (k).
-    #[arg(long)]
+    #[arg(long, value_parser = count)]
     history: Option<usize>,
     /// Validity mask: admissible | grammar.
     #[arg(long)]
@@ -84,10 +105,10 @@ struct TrainArgs {
     #[arg(long)]
     schedule: Option<String>,
     /// PPO epochs per iteration.
-    #[arg(long)]
+    #[arg(long, value_parser = count)]
     epochs: Option<usize>,
     /// Minibatches per epoch.
-    #[arg(long)]
+    #[arg(long, value_parser = count)]
     minibatches: Option<usize>,
     #[arg(long)]
     clip_low: Option<f32>,
@@ -100,18 +121,18 @@ struct TrainArgs {
     #[arg(long)]
     agg: Option<String>,
     /// Imitation warm-up iterations (uniformly random valid policy) before RL.
-    #[arg(long)]
+    #[arg(long, value_parser = count64)]
     warmup_steps: Option<u64>,
-    #[arg(long)]
+    #[arg(long, value_parser = count64)]
     seed: Option<u64>,
     /// Evaluate held-out success every this many RL iterations (0 = only at the end).
-    #[arg(long)]
+    #[arg(long, value_parser = count64)]
     eval_every: Option<u64>,
     /// Held-out tasks per evaluation during training.
-    #[arg(long)]
+    #[arg(long, value_parser = count)]
     eval_tasks: Option<usize>,
     /// Checkpoint every this many iterations (and at the end).
-    #[arg(long)]
+    #[arg(long, value_parser = count64)]
     checkpoint_every: Option<u64>,
     /// auto (default: GPU 0 when one is found, else cpu) | cpu | emu (the device path on the
     /// CPU emulator: checks the launch code, slower than cpu) | cuda. Allowed with --resume
@@ -128,7 +149,7 @@ struct TrainArgs {
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Stop after this iteration (checkpoint written; continue later with --resume).
-    #[arg(long)]
+    #[arg(long, value_parser = count64)]
     until: Option<u64>,
     /// No progress bar.
     #[arg(long)]
@@ -291,6 +312,7 @@ fn train_cmd(a: TrainArgs) -> Result<(), TrainError> {
 }
 
 #[derive(Args)]
+#[command(allow_negative_numbers = true)]
 struct EvalArgs {
     /// A checkpoint file, or a run directory (its checkpoint.safetensors).
     #[arg(long)]
@@ -299,7 +321,7 @@ struct EvalArgs {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Held-out tasks per level.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, value_parser = count, default_value_t = 512)]
     tasks: usize,
     /// Training level whose held-out split to use (default: the run's).
     #[arg(long)]
@@ -308,7 +330,7 @@ struct EvalArgs {
     #[arg(long)]
     ood_level: Option<String>,
     /// Seed of the sampled evaluation.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, value_parser = count64, default_value_t = 0)]
     seed: u64,
     /// Also write the rows as JSON to this file.
     #[arg(long)]
@@ -341,6 +363,9 @@ fn eval_cmd(a: EvalArgs) -> Result<(), TrainError> {
             .unwrap_or(std::path::Path::new("."))
             .join(aem::train::run::CONFIG),
     };
+    if let Some(p) = &a.json {
+        aem::io::check_output(p, &[&ckpt, &cpath])?;
+    }
     let mut cfg = TrainConfig::from_toml_file(&cpath)?;
     if let Some(l) = &a.level {
         cfg.env.level = l.clone();
@@ -402,6 +427,7 @@ enum ModelCmd {
 }
 
 #[derive(Args)]
+#[command(allow_negative_numbers = true)]
 struct ModelInitArgs {
     /// JSON config file.
     #[arg(long)]
@@ -410,11 +436,12 @@ struct ModelInitArgs {
     #[arg(long)]
     out: PathBuf,
     /// Initialisation seed.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, value_parser = count64, default_value_t = 0)]
     seed: u64,
 }
 
 #[derive(Args)]
+#[command(allow_negative_numbers = true)]
 struct ModelForwardArgs {
     /// Checkpoint written by `aem model init` (or training).
     #[arg(long)]
@@ -433,6 +460,7 @@ fn model(cmd: ModelCmd) -> aem::Result<()> {
     use aem::model::file;
     match cmd {
         ModelCmd::Init(a) => {
+            aem::io::check_output(&a.out, &[&a.config])?;
             let (cfg, params) = file::init(&a.config, &a.out, a.seed)?;
             eprintln!(
                 "aem model init: V={} maxT={} C={} L={} NH={} ({params} parameters) -> {}",
@@ -450,6 +478,7 @@ fn model(cmd: ModelCmd) -> aem::Result<()> {
                 BackendArg::Emu => file::Backend::Emu,
                 BackendArg::Cuda => file::Backend::Cuda,
             };
+            aem::io::check_output(&a.output, &[&a.checkpoint, &a.input])?;
             let (b, t, v) = file::forward(&a.checkpoint, &a.input, &a.output, backend)?;
             eprintln!(
                 "aem model forward: B={b} T={t} V={v} -> {}",
@@ -461,22 +490,23 @@ fn model(cmd: ModelCmd) -> aem::Result<()> {
 }
 
 #[derive(Args)]
+#[command(allow_negative_numbers = true)]
 struct DemoArgs {
     #[arg(long)]
     output: PathBuf,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, value_parser = count64, default_value_t = 0)]
     seed: u64,
     /// Number of responses R.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, value_parser = count, default_value_t = 64)]
     responses: usize,
     /// Responses per group.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, value_parser = count, default_value_t = 8)]
     group_size: usize,
     /// Longest response, in rows.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, value_parser = count, default_value_t = 12)]
     max_len: usize,
     /// Vocabulary size V.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, value_parser = count, default_value_t = 1024)]
     vocab: usize,
 }
 
@@ -511,6 +541,7 @@ enum DtypeArg {
 }
 
 #[derive(Args)]
+#[command(allow_negative_numbers = true)]
 struct HeadArgs {
     /// Input tensors: logits, targets, resp_start, resp_len, resp_group, adv_base [, old_logp, ref_logp].
     #[arg(long)]
@@ -553,7 +584,7 @@ struct HeadArgs {
     #[arg(long)]
     n_resp: Option<f64>,
     /// Number of groups G (default: max(resp_group) + 1).
-    #[arg(long)]
+    #[arg(long, value_parser = count)]
     n_groups: Option<usize>,
     /// Gradient scale s (a loss scale for f16 gradients).
     #[arg(long, default_value_t = 1.0)]
@@ -587,6 +618,7 @@ fn head(a: HeadArgs) -> aem::Result<()> {
         DtypeArg::F16 => GradDtype::F16,
         DtypeArg::F32 => GradDtype::F32,
     };
+    aem::io::check_output(&a.output, &[&a.input])?;
     let data = file::read_inputs(&a.input, a.n_groups)?;
     let res = file::compute(&data, &cfg, dtype, backend)?;
     file::write_result(&a.output, &res, data.vocab, &cfg)?;

@@ -56,7 +56,14 @@ pub enum EnvError {
         split: Split,
         tries: usize,
     },
+    /// More held-out tasks asked for than [`MAX_TEST_TASKS`].
+    #[error("{n} held-out tasks asked for: at most {max}")]
+    TooManyTasks { n: usize, max: usize },
 }
+
+/// The most held-out tasks [`test_tasks`] returns (each is found by rejection sampling over
+/// distinct instances; far more than any level's evaluation needs).
+pub const MAX_TEST_TASKS: usize = 1 << 16;
 
 /// The result of one action inside a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -446,7 +453,7 @@ impl Task {
         match self {
             Task::KeyRooms(t) => t.split(),
             _ => {
-                if self.hash() % 5 == 0 {
+                if self.hash().is_multiple_of(5) {
                     Split::Test
                 } else {
                     Split::Train
@@ -603,6 +610,12 @@ pub fn train_task(level: &Level, seed: u64) -> Result<Task, EnvError> {
 /// The first `n` distinct test tasks of a level (deterministic; distinct by canonical hash;
 /// all of the test split, so disjoint from every [`train_task`]).
 pub fn test_tasks(level: &Level, n: usize) -> Result<Vec<Task>, EnvError> {
+    if n > MAX_TEST_TASKS {
+        return Err(EnvError::TooManyTasks {
+            n,
+            max: MAX_TEST_TASKS,
+        });
+    }
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(n);
     let budget = MAX_TRIES.saturating_add(n.saturating_mul(100));

@@ -197,7 +197,7 @@ impl Goal {
         item.kind == self.kind
             && item.colour == self.colour
             && item.price <= self.max_price
-            && self.size.map_or(true, |z| sells(item.sizes, z))
+            && self.size.is_none_or(|z| sells(item.sizes, z))
     }
 }
 
@@ -503,7 +503,7 @@ impl Env for TinyShop {
             }
             (BUY, [], Page::Item { item, sel }) => {
                 let right_item = *item == self.task.target;
-                let right_size = self.task.goal.size.map_or(true, |z| *sel == Some(z));
+                let right_size = self.task.goal.size.is_none_or(|z| *sel == Some(z));
                 if right_item && right_size {
                     Outcome::Win
                 } else {

@@ -192,7 +192,7 @@ pub fn compute(
                     (o.fwd, o.loss, GradOut::F32(o.dlogits))
                 }
             };
-            Ok(HeadResult {
+            let res = HeadResult {
                 logp: to_f32(&fwd.tokens.logp),
                 entropy: to_f32(&fwd.tokens.entropy),
                 lse: to_f32(&fwd.tokens.lse),
@@ -203,9 +203,48 @@ pub fn compute(
                 adv: to_f32(&fwd.aem.adv),
                 loss: loss.loss as f32,
                 dlogits,
-            })
+            };
+            let (grad_bad, grad_dtype) = match &res.dlogits {
+                GradOut::F16(g) => (
+                    first_bad_row(g.iter().map(|x| x.is_finite()), data.vocab),
+                    "f16",
+                ),
+                GradOut::F32(g) => (
+                    first_bad_row(g.iter().map(|x| x.is_finite()), data.vocab),
+                    "f32",
+                ),
+            };
+            super::check_outputs(
+                &super::Outputs {
+                    logp: &res.logp,
+                    entropy: &res.entropy,
+                    lse: &res.lse,
+                    token_loss: &res.token_loss,
+                    alpha: &res.alpha,
+                    adv: &res.adv,
+                    loss: res.loss,
+                    grad_bad,
+                    grad_dtype,
+                },
+                &inp,
+                cfg,
+            )?;
+            Ok(res)
         }
     }
+}
+
+/// Count of non-finite entries and the first row holding one, as the kernels report them.
+fn first_bad_row(finite: impl Iterator<Item = bool>, vocab: usize) -> Option<(u64, usize)> {
+    let mut first = None;
+    let mut count = 0u64;
+    for (i, ok) in finite.enumerate() {
+        if !ok {
+            count += 1;
+            first.get_or_insert(i / vocab.max(1));
+        }
+    }
+    first.map(|row| (count, row))
 }
 
 /// Writes the results atomically, with the configuration in the file's metadata.

@@ -128,6 +128,10 @@ pub struct DeviceHead {
     pub loss: DevBuf<f32>,
     bad_count: DevBuf<u32>,
     first_bad: DevBuf<u32>,
+    /// grad_bad: (2) u32, non-finite dlogits entries written and the first row with one.
+    grad_bad: DevBuf<u32>,
+    /// Whether the last backward wrote an f16 gradient (for the overflow message).
+    grad_f16: bool,
     resp_done: DevBuf<u32>,
     grp_done: DevBuf<u32>,
 }
@@ -157,10 +161,35 @@ pub struct HeadStats {
     pub adv: Vec<f32>,
     /// The scalar loss.
     pub loss: f32,
+    /// Non-finite dlogits entries the last backward wrote (count mod 2^32, first row), if any.
+    pub grad_bad: Option<(u64, usize)>,
+    /// Whether that gradient was f16.
+    pub grad_f16: bool,
+}
+
+impl HeadStats {
+    /// The finiteness check of AEM.md §7 over these outputs ([`crate::head::check_outputs`]).
+    pub fn check(&self, inp: &HeadInputs, cfg: &HeadConfig) -> Result<()> {
+        crate::head::check_outputs(
+            &crate::head::Outputs {
+                logp: &self.logp,
+                entropy: &self.entropy,
+                lse: &self.lse,
+                token_loss: &self.token_loss,
+                alpha: &self.alpha,
+                adv: &self.adv,
+                loss: self.loss,
+                grad_bad: self.grad_bad,
+                grad_dtype: if self.grad_f16 { "f16" } else { "f32" },
+            },
+            inp,
+            cfg,
+        )
+    }
 }
 
 fn check_block(b: u32) -> Result<()> {
-    if b == 0 || b % 32 != 0 || b > 1024 {
+    if b == 0 || !b.is_multiple_of(32) || b > 1024 {
         return Err(Error::config(
             "block",
             f64::from(b),
@@ -225,6 +254,8 @@ impl DeviceHead {
             loss: dev.zeros(1)?,
             bad_count: dev.zeros(1)?,
             first_bad: dev.htod(&[u32::MAX])?,
+            grad_bad: dev.htod(&[0, u32::MAX])?,
+            grad_f16: false,
             resp_done: dev.zeros(r)?,
             grp_done: dev.zeros(g)?,
         })
@@ -397,6 +428,8 @@ impl DeviceHead {
         let p = self.p;
         let row_grid = self.row_grid(b)?;
         let f16 = !matches!(grad, GradDst::F32(_));
+        self.grad_f16 = f16;
+        dev.write(&mut self.grad_bad, &[0, u32::MAX])?;
         let dst = match &grad {
             GradDst::F16(g16) => g16.arg(),
             GradDst::F32(g32) => g32.arg(),
@@ -425,6 +458,7 @@ impl DeviceHead {
                     Arg::I32(vi),
                     dst,
                     self.token_loss.arg(),
+                    self.grad_bad.arg(),
                     Arg::Params(p),
                 ],
             )?,
@@ -464,6 +498,7 @@ impl DeviceHead {
                         self.token_loss.arg(),
                         self.bad_count.arg(),
                         self.first_bad.arg(),
+                        self.grad_bad.arg(),
                         Arg::Params(p),
                     ],
                 )?;
@@ -505,6 +540,11 @@ impl DeviceHead {
             alpha: dev.dtoh(&self.alpha)?,
             adv: dev.dtoh(&self.adv)?,
             loss: dev.dtoh(&self.loss)?.first().copied().unwrap_or(0.0),
+            grad_bad: match dev.dtoh(&self.grad_bad)?.as_slice() {
+                &[n, row] if row != u32::MAX => Some((u64::from(n), row as usize)),
+                _ => None,
+            },
+            grad_f16: self.grad_f16,
         })
     }
 }
@@ -516,12 +556,16 @@ fn run(
     logits: &DevBuf<f16>,
     grad: GradDst<'_>,
     plan: &Plan,
+    inp: &HeadInputs,
+    cfg: &HeadConfig,
 ) -> Result<HeadStats> {
     head.forward(dev, logits, plan)?;
     head.check(dev)?;
     head.backward(dev, logits, grad, plan)?;
     head.check(dev)?;
-    head.stats(dev)
+    let stats = head.stats(dev)?;
+    stats.check(inp, cfg)?;
+    Ok(stats)
 }
 
 /// The head on logits that already live on `dev` (a model's output), with dlogits left on the
@@ -538,7 +582,7 @@ pub fn loss_head_resident(
 ) -> Result<HeadStats> {
     check_block(plan.block)?;
     let mut head = DeviceHead::new(dev, inp, cfg, logits.len())?;
-    run(dev, &mut head, logits, grad, plan)
+    run(dev, &mut head, logits, grad, plan, inp, cfg)
 }
 
 /// Runs the head on host inputs (validated on the host, logits included) and downloads every
@@ -557,17 +601,33 @@ pub fn loss_head(
     let tv = inp.logits.len();
     let (s, dlogits) = match (dtype, plan.in_place) {
         (GradDtype::F16, true) => {
-            let s = run(dev, &mut head, &logits, GradDst::InPlace, plan)?;
+            let s = run(dev, &mut head, &logits, GradDst::InPlace, plan, inp, cfg)?;
             (s, GradOut::F16(dev.dtoh(&logits)?))
         }
         (GradDtype::F16, false) => {
             let mut g = dev.zeros::<f16>(tv)?;
-            let s = run(dev, &mut head, &logits, GradDst::F16(&mut g), plan)?;
+            let s = run(
+                dev,
+                &mut head,
+                &logits,
+                GradDst::F16(&mut g),
+                plan,
+                inp,
+                cfg,
+            )?;
             (s, GradOut::F16(dev.dtoh(&g)?))
         }
         (GradDtype::F32, _) => {
             let mut g = dev.zeros::<f32>(tv)?;
-            let s = run(dev, &mut head, &logits, GradDst::F32(&mut g), plan)?;
+            let s = run(
+                dev,
+                &mut head,
+                &logits,
+                GradDst::F32(&mut g),
+                plan,
+                inp,
+                cfg,
+            )?;
             (s, GradOut::F32(dev.dtoh(&g)?))
         }
     };

@@ -299,6 +299,24 @@ pub fn validate_layout_for(
     crate::error::to_u32("vocab", v)?;
     crate::error::to_u32("resp_start", r)?;
     crate::error::to_u32("n_groups", inp.n_groups)?;
+    // What the executors allocate from these sizes (the gradient and the f64/f32 per-row,
+    // per-response and per-group buffers), before any of it is allocated: G in particular is
+    // the user's number (`--n-groups`, or max(resp_group) + 1), not backed by data.
+    let needs = crate::mem::product(&[t, v, 8]).and_then(|x| {
+        x.checked_add(crate::mem::product(&[
+            t.checked_add(r)?.checked_add(inp.n_groups)?,
+            64,
+        ])?)
+    });
+    crate::mem::check(
+        || {
+            format!(
+                "a loss head with T = {t}, V = {v}, R = {r}, G = {}",
+                inp.n_groups
+            )
+        },
+        needs,
+    )?;
     check_len("resp_len", inp.resp_len.len(), r, "R")?;
     check_len("resp_group", inp.resp_group.len(), r, "R")?;
     check_len("adv_base", inp.adv_base.len(), r, "R")?;
@@ -406,6 +424,7 @@ pub fn validate_layout_for(
     };
     // With no owned rows the weight is never used; keep it finite.
     let agg_norm = if agg_norm > 0.0 { agg_norm } else { 1.0 };
+    check_weights(cfg, agg_norm, owned_rows, inp.resp_len)?;
 
     Ok(Layout {
         row_resp,
@@ -415,6 +434,177 @@ pub fn validate_layout_for(
         max_len,
         agg_norm,
     })
+}
+
+/// The argument that sets the aggregation divisor, for error messages.
+fn agg_arg(cfg: &HeadConfig) -> &'static str {
+    match cfg.agg {
+        Aggregation::TokenMean => "n_tok",
+        Aggregation::SeqMeanTokenMean | Aggregation::SeqMeanTokenSum => "n_resp",
+        Aggregation::SeqMeanTokenSumNorm => "norm_const",
+    }
+}
+
+/// Refuses weights that overflow where the kernels form them: `w_t = 1/agg_norm` (or
+/// `1/(agg_norm·len_r)`) in f32, and the gradient coefficient `s·w_t/τ` in f32.
+fn check_weights(cfg: &HeadConfig, agg_norm: f64, owned: usize, lens: &[u32]) -> Result<()> {
+    if owned == 0 {
+        return Ok(());
+    }
+    let min_len = match cfg.agg {
+        Aggregation::SeqMeanTokenMean => f64::from(lens.iter().copied().min().unwrap_or(1)),
+        _ => 1.0,
+    };
+    let norm32 = agg_norm as f32;
+    let w = 1.0 / (agg_norm * min_len);
+    let max = f64::from(f32::MAX);
+    if !(norm32 > 0.0 && w.is_finite() && w <= max) {
+        return Err(Error::config(
+            agg_arg(cfg),
+            agg_norm,
+            "its token weight 1/value overflows f32 (a normaliser this small gives an infinite loss)",
+        ));
+    }
+    let coef = f64::from(cfg.grad_scale) * w / f64::from(cfg.temperature);
+    if coef > max {
+        return Err(Error::config(
+            "grad_scale",
+            f64::from(cfg.grad_scale),
+            "grad_scale·w_t/τ overflows f32 (the gradient would be infinite)",
+        ));
+    }
+    Ok(())
+}
+
+/// The largest `|z| = |x|/τ` the kernels' f32 arithmetic takes without overflow: `u = z·log2e`
+/// and differences `u − m` stay below `f32::MAX`.
+const MAX_ABS_Z: f64 = f32::MAX as f64 / 4.0;
+
+/// Refuses rows whose scaled logits `z = x/τ` overflow f32 (a tiny temperature): reported as the
+/// first such row of `logp`, with how many rows overflow.
+pub fn check_scaled_logits(logits: &[f16], vocab: usize, temperature: f32) -> Result<()> {
+    if vocab == 0 {
+        return Ok(());
+    }
+    let inv_t = 1.0 / f64::from(temperature);
+    let mut first: Option<(usize, f64)> = None;
+    let mut count = 0u64;
+    for (t, row) in logits.chunks_exact(vocab).enumerate() {
+        let max_abs = row
+            .iter()
+            .map(|x| f64::from(x.to_f32()).abs())
+            .fold(0.0, f64::max);
+        if max_abs * inv_t > MAX_ABS_Z {
+            count += 1;
+            first.get_or_insert((t, max_abs));
+        }
+    }
+    match first {
+        Some((t, x)) => Err(Error::NonFiniteOutput {
+            arg: "logp",
+            index: t,
+            count,
+            cause: format!(
+                "z = x/τ overflows f32 (max |x| = {x} in row {t}, τ = {temperature}); raise the temperature"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The outputs of one head computation as returned to the caller (f32), for [`check_outputs`].
+#[derive(Debug, Clone, Copy)]
+pub struct Outputs<'a> {
+    /// logp, entropy, lse, token_loss: (T) f32
+    pub logp: &'a [f32],
+    pub entropy: &'a [f32],
+    pub lse: &'a [f32],
+    pub token_loss: &'a [f32],
+    /// alpha, adv: (R) f32
+    pub alpha: &'a [f32],
+    pub adv: &'a [f32],
+    pub loss: f32,
+    /// Non-finite dlogits entries (count, first row), if any.
+    pub grad_bad: Option<(u64, usize)>,
+    /// The gradient's dtype (`f16`, `f32`).
+    pub grad_dtype: &'static str,
+}
+
+fn first_bad(xs: &[f32]) -> Option<(usize, u64)> {
+    let i = xs.iter().position(|x| !x.is_finite())?;
+    Some((i, xs[i..].iter().filter(|x| !x.is_finite()).count() as u64))
+}
+
+/// AEM.md §7 for outputs: no NaN or ±inf is returned. Checks, in order, the row statistics, the
+/// rescaled advantage, the token loss, the loss and the gradient, and names the first bad index
+/// and what overflowed. Every executor calls it on what it returns, so the same input gives the
+/// same error on the reference and on the kernels.
+pub fn check_outputs(o: &Outputs, inp: &HeadInputs, cfg: &HeadConfig) -> Result<()> {
+    for (arg, xs) in [("logp", o.logp), ("entropy", o.entropy), ("lse", o.lse)] {
+        if let Some((t, count)) = first_bad(xs) {
+            return Err(Error::NonFiniteOutput {
+                arg,
+                index: t,
+                count,
+                cause: format!(
+                    "the row's log-softmax overflows f32 (logits / τ with τ = {})",
+                    cfg.temperature
+                ),
+            });
+        }
+    }
+    if let Some((r, count)) = first_bad(o.adv) {
+        return Err(Error::NonFiniteOutput {
+            arg: "adv",
+            index: r,
+            count,
+            cause: format!(
+                "α·adv_base overflows f32 (adv_base[{r}] = {:e}, α = {:.4})",
+                inp.adv_base.get(r).copied().unwrap_or(f32::NAN),
+                o.alpha.get(r).copied().unwrap_or(f32::NAN)
+            ),
+        });
+    }
+    if let Some((t, count)) = first_bad(o.token_loss) {
+        return Err(Error::NonFiniteOutput {
+            arg: "token_loss",
+            index: t,
+            count,
+            cause: format!(
+                "the token loss overflows f32 (kl_coef = {}, entropy_coef = {}, or |A|·ratio too large)",
+                cfg.kl_coef, cfg.entropy_coef
+            ),
+        });
+    }
+    if !o.loss.is_finite() {
+        return Err(Error::NonFiniteOutput {
+            arg: "loss",
+            index: 0,
+            count: 1,
+            cause:
+                "Σ_t w_t·ℓ_t overflows f32 (the token losses are finite; their weighted sum is not)"
+                    .into(),
+        });
+    }
+    if let Some((count, t)) = o.grad_bad {
+        return Err(Error::NonFiniteOutput {
+            arg: "dlogits",
+            index: t,
+            count,
+            cause: format!(
+                "the gradient overflows {} (grad_scale = {}, τ = {}){}",
+                o.grad_dtype,
+                cfg.grad_scale,
+                cfg.temperature,
+                if o.grad_dtype == "f16" {
+                    "; lower grad_scale or write f32 gradients"
+                } else {
+                    ""
+                }
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Finds the first non-finite logit (row-major order), reported as its row and column.
@@ -437,5 +627,6 @@ pub fn check_logits(logits: &[f16], vocab: usize) -> Result<()> {
 pub fn validate(inp: &HeadInputs, cfg: &HeadConfig) -> Result<Layout> {
     let layout = validate_layout(inp, cfg)?;
     check_logits(inp.logits, inp.vocab)?;
+    check_scaled_logits(inp.logits, inp.vocab, cfg.temperature)?;
     Ok(layout)
 }

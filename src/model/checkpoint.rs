@@ -3,11 +3,16 @@
 //! Tensor names follow Hugging Face GPT-2 (`wte.weight`, `h.0.attn.c_attn.weight` (C, 3C), …);
 //! optimizer tensors are `optim.master.<name>`, `optim.m.<name>`, `optim.v.<name>`; the RNG is
 //! `rng.state` (u8, 56 bytes: seed 32, stream u64 LE, word position u128 LE). Metadata holds
-//! `config` (HF GPT2Config JSON), `optim` (AdamW hyperparameters and step count) and `step`.
-//! Files are written to a temporary file in the target directory, synced, then renamed.
+//! `config` (HF GPT2Config JSON), `optim` (AdamW hyperparameters and step count), `step` and
+//! `aem.checksum`: a JSON object of CRC-32s, one per tensor and one (`"metadata"`) over the other
+//! metadata values, verified on every load (a flipped byte is an error naming the tensor).
+//! Files are written with [`crate::io::write_atomic`] (temporary file, fsync, rename).
+//!
+//! Neither direction accepts a non-finite value: `save_checkpoint` refuses a model or optimizer
+//! state holding a NaN or ±inf (a diverged run must not overwrite its last good checkpoint) and
+//! `load_checkpoint` refuses one, naming the tensor and the index.
 
-use std::collections::HashMap;
-use std::io::Write;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use rand::SeedableRng;
@@ -116,6 +121,19 @@ pub fn save_checkpoint<E: Elem>(
         }
     }
     let names = model.layout().hf_tensors();
+    for (name, _, r) in &names {
+        let params = &model.params()[r.clone()];
+        if let Some(i) = params.iter().position(|x| !x.to_f32().is_finite()) {
+            return Err(non_finite(name, i, f64::from(params[i].to_f32())));
+        }
+        for (prefix, buf) in [
+            ("optim.master.", &optim.master),
+            ("optim.m.", &optim.m),
+            ("optim.v.", &optim.v),
+        ] {
+            first_non_finite(&format!("{prefix}{name}"), &buf[r.clone()])?;
+        }
+    }
     let rng_state = rng_bytes(rng);
     let mut views: Vec<(String, TensorView)> = Vec::with_capacity(4 * names.len() + 1);
     for (name, shape, r) in &names {
@@ -145,21 +163,87 @@ pub fn save_checkpoint<E: Elem>(
         "lr": c.lr, "beta1": c.beta1, "beta2": c.beta2, "eps": c.eps,
         "weight_decay": c.weight_decay, "grad_clip": c.grad_clip, "t": optim.t,
     });
-    let meta = HashMap::from([
+    let mut meta = HashMap::from([
         ("config".to_string(), config_json(model.config())),
         ("optim".to_string(), optim_json.to_string()),
         ("step".to_string(), step.to_string()),
         ("format".to_string(), "pt".to_string()),
     ]);
+    let mut sums: BTreeMap<String, String> = views
+        .iter()
+        .map(|(name, v)| (name.clone(), crc_hex(v.data())))
+        .collect();
+    sums.insert("metadata".into(), meta_crc(&meta));
+    let sums = serde_json::to_string(&sums).map_err(|e| bad(format!("checksum json: {e}")))?;
+    meta.insert(CHECKSUM_KEY.to_string(), sums);
     let bytes = safetensors::serialize(views, Some(meta))?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
+    crate::io::write_atomic(path, &bytes).map_err(|e| bad(e.to_string()))
+}
+
+/// The metadata key of the checksums.
+const CHECKSUM_KEY: &str = "aem.checksum";
+
+fn crc_hex(bytes: &[u8]) -> String {
+    format!("{:08x}", crc32fast::hash(bytes))
+}
+
+/// CRC-32 over the metadata values but the checksum itself, in key order.
+fn meta_crc(meta: &HashMap<String, String>) -> String {
+    let mut h = crc32fast::Hasher::new();
+    let mut keys: Vec<&String> = meta.keys().filter(|k| *k != CHECKSUM_KEY).collect();
+    keys.sort();
+    for k in keys {
+        for part in [k.as_bytes(), b"\0", meta[k].as_bytes(), b"\0"] {
+            h.update(part);
+        }
+    }
+    format!("{:08x}", h.finalize())
+}
+
+fn non_finite(name: &str, index: usize, value: f64) -> ModelError {
+    bad(format!(
+        "tensor {name}[{index}] = {value} is not finite (a diverged model or a damaged file)"
+    ))
+}
+
+fn first_non_finite(name: &str, xs: &[f32]) -> Result<()> {
+    match xs.iter().position(|x| !x.is_finite()) {
+        Some(i) => Err(non_finite(name, i, f64::from(xs[i]))),
+        None => Ok(()),
+    }
+}
+
+/// Checks every tensor's and the metadata's CRC-32 against `aem.checksum`.
+fn verify_checksums(st: &SafeTensors, meta: &HashMap<String, String>) -> Result<()> {
+    let text = meta.get(CHECKSUM_KEY).ok_or_else(|| {
+        bad(format!(
+            "metadata has no {CHECKSUM_KEY} (written by an older aem, or the header is damaged)"
+        ))
+    })?;
+    let sums: BTreeMap<String, String> =
+        serde_json::from_str(text).map_err(|e| bad(format!("{CHECKSUM_KEY}: {e}")))?;
+    let mismatch = |what: &str| {
+        bad(format!(
+            "{what} fails its checksum: the file is damaged (restore it or retrain)"
+        ))
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(&bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| ModelError::Io(e.error))?;
+    if sums.get("metadata") != Some(&meta_crc(meta)) {
+        return Err(mismatch("the metadata"));
+    }
+    let names = st.names();
+    if names.len() + 1 != sums.len() {
+        return Err(bad(format!(
+            "{CHECKSUM_KEY} lists {} tensors, the file holds {}",
+            sums.len().saturating_sub(1),
+            names.len()
+        )));
+    }
+    for name in names {
+        let view = st.tensor(name)?;
+        if sums.get(name as &str) != Some(&crc_hex(view.data())) {
+            return Err(mismatch(&format!("tensor {name}")));
+        }
+    }
     Ok(())
 }
 
@@ -198,9 +282,11 @@ fn read_into<T: bytemuck::Pod>(
 
 /// Reads a checkpoint written by [`save_checkpoint`] with the same storage type `E`.
 pub fn load_checkpoint<E: Elem>(path: &Path) -> Result<Checkpoint<E>> {
-    let bytes = std::fs::read(path)?;
+    let bytes = crate::io::read_input(path).map_err(|e| bad(e.to_string()))?;
     let (_, meta) = SafeTensors::read_metadata(&bytes)?;
     let meta = meta.metadata().clone().unwrap_or_default();
+    let st = SafeTensors::deserialize(&bytes)?;
+    verify_checksums(&st, &meta)?;
     let field = |k: &str| {
         meta.get(k)
             .ok_or_else(|| bad(format!("metadata has no {k}")))
@@ -233,7 +319,20 @@ pub fn load_checkpoint<E: Elem>(path: &Path) -> Result<Checkpoint<E>> {
         .and_then(Value::as_u64)
         .ok_or_else(|| bad("optim.t"))?;
 
-    let st = SafeTensors::deserialize(&bytes)?;
+    // The config decides the allocation: the file must hold that many values (params in E,
+    // three f32 optimizer tensors) before anything is allocated.
+    let want = super::params::ParamLayout::new(&cfg)
+        .total()
+        .checked_mul(std::mem::size_of::<E>() + 12)
+        .ok_or(ModelError::Overflow {
+            what: "checkpoint size",
+        })?;
+    if want > bytes.len() {
+        return Err(bad(format!(
+            "metadata config {cfg:?} needs {want} bytes of tensors, the file has {}",
+            bytes.len()
+        )));
+    }
     let mut model = Gpt::<E>::new(cfg, 0)?;
     let mut optim = AdamW::new(ocfg, &model)?;
     optim.t = t;
@@ -266,6 +365,15 @@ pub fn load_checkpoint<E: Elem>(path: &Path) -> Result<Checkpoint<E>> {
             &shape,
             &mut optim.v[r],
         )?;
+    }
+    for (name, _, r) in model.layout().hf_tensors() {
+        let params = &model.params()[r.clone()];
+        if let Some(i) = params.iter().position(|x| !x.to_f32().is_finite()) {
+            return Err(non_finite(&name, i, f64::from(params[i].to_f32())));
+        }
+        first_non_finite(&format!("optim.master.{name}"), &optim.master[r.clone()])?;
+        first_non_finite(&format!("optim.m.{name}"), &optim.m[r.clone()])?;
+        first_non_finite(&format!("optim.v.{name}"), &optim.v[r])?;
     }
     let rs = st
         .tensor("rng.state")

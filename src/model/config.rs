@@ -44,7 +44,7 @@ impl GptConfig {
                 return Err(ModelError::ZeroDim { field });
             }
         }
-        if self.d_model % self.heads != 0 {
+        if !self.d_model.is_multiple_of(self.heads) {
             return Err(ModelError::HeadsDontDivide {
                 d_model: self.d_model,
                 heads: self.heads,
@@ -72,6 +72,40 @@ impl GptConfig {
                 what: "parameter count",
             });
         }
+        // Parameters (E = f16) plus f32 gradients and three f32 AdamW tensors: 18 bytes each.
+        let params = super::params::ParamLayout::new(self).total();
+        crate::mem::check(
+            || {
+                format!(
+                    "a model with vocab {}, context {}, d_model {}, layers {} ({params} parameters)",
+                    self.vocab, self.context, self.d_model, self.layers
+                )
+            },
+            crate::mem::product(&[params, 18]),
+        )?;
+        Ok(())
+    }
+
+    /// Estimated bytes of activations, logits and their gradients for a forward + backward over
+    /// `rows` token positions of sequences up to `t` long (f32 everywhere, an upper bound of
+    /// what either path allocates); `None` on overflow.
+    pub fn activation_bytes(&self, rows: usize, t: usize) -> Option<u128> {
+        let per_layer = crate::mem::product(&[self.d_model, 20])?
+            .checked_add(crate::mem::product(&[self.heads, t])?)?;
+        let per_row = per_layer
+            .checked_mul(self.layers as u128)?
+            .checked_add(crate::mem::product(&[self.vocab, 3])?)?;
+        per_row.checked_mul(rows as u128)?.checked_mul(4)
+    }
+
+    /// Checks [`Self::activation_bytes`] against the memory budget.
+    pub fn check_activations(
+        &self,
+        what: impl FnOnce() -> String,
+        rows: usize,
+        t: usize,
+    ) -> Result<()> {
+        crate::mem::check(what, self.activation_bytes(rows, t))?;
         Ok(())
     }
 

@@ -41,10 +41,7 @@ fn file_err(path: &Path, reason: impl Into<String>) -> Error {
 
 /// Reads and validates a config file (format in the module docs).
 pub fn read_config(path: &Path) -> Result<GptConfig> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = crate::io::read_input_text(path)?;
     let v: Value =
         serde_json::from_str(&text).map_err(|e| file_err(path, format!("not JSON: {e}")))?;
     let obj = v
@@ -108,6 +105,11 @@ pub fn forward(
         ));
     };
     let v = model.config().vocab;
+    model.config().check_activations(
+        || format!("a forward over tokens ({b}, {t})"),
+        b.saturating_mul(t),
+        t,
+    )?;
     let in_err = |e: super::ModelError| file_err(input, format!("tokens: {e}"));
     // The CPU path's checks, on every backend, so a bad file names the input.
     super::gpt::check_tokens(model.config(), "forward", &tokens.data, b, t).map_err(in_err)?;

@@ -89,6 +89,9 @@ pub enum ModelError {
     /// File system error while writing or reading a checkpoint.
     #[error("checkpoint io: {0}")]
     Io(#[from] std::io::Error),
+    /// A size decided by the config or the inputs does not fit in memory.
+    #[error("{0}")]
+    Memory(#[from] crate::mem::TooLarge),
     /// The safetensors format rejected the data.
     #[error("safetensors: {0}")]
     SafeTensors(#[from] safetensors::SafeTensorError),

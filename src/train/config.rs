@@ -347,11 +347,7 @@ pub struct Resolved {
 impl TrainConfig {
     /// Reads a TOML file (any subset of the fields; the rest keep their defaults).
     pub fn from_toml_file(path: &std::path::Path) -> Result<Self, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io {
-            path: path.to_path_buf(),
-            what: "read config",
-            source: e,
-        })?;
+        let text = crate::io::read_input_text(path)?;
         Self::from_toml_str(&text).map_err(|e| match e {
             TrainError::Config(m) => TrainError::Config(format!("{}: {m}", path.display())),
             other => other,
@@ -447,7 +443,7 @@ impl TrainConfig {
         pos("model.layers", self.model.layers)?;
         pos("model.heads", self.model.heads)?;
         pos("model.context", self.model.context)?;
-        if self.model.d_model % self.model.heads != 0 {
+        if !self.model.d_model.is_multiple_of(self.model.heads) {
             return Err(bad(
                 "model.heads",
                 self.model.heads,
@@ -516,6 +512,7 @@ impl TrainConfig {
                 "must be finite",
             ));
         }
+        self.check_sizes(&train_level, mask)?;
         finite_pos("optim.lr", self.optim.lr)?;
         finite_pos("warmup.lr", self.warmup.lr)?;
         finite_pos("optim.eps", self.optim.eps)?;
@@ -549,6 +546,88 @@ impl TrainConfig {
         })
     }
 
+    /// Every size a run allocates from, checked before anything is allocated or written: counts
+    /// against their limits, the model and one update's activations against the memory budget,
+    /// and the prompt plus response against `model.context` (by simulating random valid episodes
+    /// of the level: a longer prompt that no simulated episode reached is still caught when it
+    /// occurs, and the run directory can then be started again).
+    fn check_sizes(&self, level: &crate::env::Level, mask: MaskMode) -> Result<(), TrainError> {
+        let max = |key: &str, v: usize, limit: usize| {
+            if v > limit {
+                Err(bad(key, v, &format!("at most {limit}")))
+            } else {
+                Ok(())
+            }
+        };
+        let rollouts = self.rollout.tasks.saturating_mul(self.rollout.rollouts);
+        if rollouts > MAX_ROLLOUTS {
+            return Err(bad(
+                "rollout.tasks",
+                self.rollout.tasks,
+                &format!(
+                    "rollout.tasks × rollout.rollouts = {rollouts}: at most {MAX_ROLLOUTS} rollouts per iteration"
+                ),
+            ));
+        }
+        max("warmup.episodes", self.warmup.episodes, MAX_ROLLOUTS)?;
+        max(
+            "run.eval_tasks",
+            self.run.eval_tasks,
+            crate::env::MAX_TEST_TASKS,
+        )?;
+        let gpt = crate::model::GptConfig {
+            vocab: level.vocab().len(),
+            context: self.model.context,
+            d_model: self.model.d_model,
+            layers: self.model.layers,
+            heads: self.model.heads,
+        };
+        gpt.validate()
+            .map_err(|e| TrainError::Config(format!("model: {e}")))?;
+        let task = crate::env::train_task(level, 0)?;
+        let prompt_cfg = crate::env::PromptConfig {
+            history: self.env.history,
+            mask,
+        };
+        let probe = crate::env::Episode::new(&task, prompt_cfg);
+        let turns = probe.max_turns();
+        let max_new = probe.grammar().max_response_len();
+        let sequences = rollouts.max(self.warmup.episodes).saturating_mul(turns);
+        gpt.check_activations(
+            || {
+                format!(
+                    "one update over {sequences} sequences (rollout.tasks × rollout.rollouts × {turns} turns) of model.context = {}",
+                    self.model.context
+                )
+            },
+            sequences.saturating_mul(self.model.context),
+            self.model.context,
+        )
+        .map_err(|e| TrainError::Config(format!("model: {e}")))?;
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        for i in 0..CONTEXT_PROBE_EPISODES {
+            let task = crate::env::train_task(level, i)?;
+            let mut ep = crate::env::Episode::new(&task, prompt_cfg);
+            while !ep.done() {
+                let p = ep.prompt().len();
+                if p + max_new > self.model.context {
+                    return Err(bad(
+                        "model.context",
+                        self.model.context,
+                        &format!(
+                            "a prompt of {p} tokens (env.history = {}) plus a response of up to {max_new} does not fit; raise model.context or lower env.history",
+                            self.env.history
+                        ),
+                    ));
+                }
+                let resp = ep.sample_uniform(&mut rng);
+                ep.step(&resp);
+            }
+        }
+        Ok(())
+    }
+
     /// The learning rate of RL step `k` (0-based, counted after the imitation warm-up).
     pub fn lr_at(&self, schedule: Schedule, k: u64) -> f32 {
         let o = &self.optim;
@@ -568,6 +647,12 @@ impl TrainConfig {
         }
     }
 }
+
+/// The most rollouts (tasks × rollouts per task) of one iteration.
+pub const MAX_ROLLOUTS: usize = 1 << 20;
+
+/// Random valid episodes simulated by validation to check that prompts fit the context.
+const CONTEXT_PROBE_EPISODES: u64 = 32;
 
 /// Keys whose default is `None` (absent from the serialised table) but may be set.
 const OPTIONAL_KEYS: [&str; 3] = ["algo.dual_clip", "algo.norm_const", "optim.grad_clip"];

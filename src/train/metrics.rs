@@ -128,7 +128,75 @@ pub fn write_jsonl(path: &Path, records: &[StepRecord]) -> Result<(), TrainError
     write_atomic(path, text.as_bytes())
 }
 
-/// Appends one record as a line.
+/// The records of a run being resumed whose checkpoint is at `step` (`None`: no checkpoint, the
+/// run starts again from its config): the lines of steps `0..=step`, which must all be present,
+/// in order. Later lines (the trainer appends a record before it writes that iteration's
+/// checkpoint, so they belong to iterations the resumed run recomputes identically) and a torn
+/// last line (a crash inside the append) are cut; the kept lines stay byte for byte as written,
+/// so a resumed run's file equals an uninterrupted one's. The file is rewritten atomically only
+/// when something was cut.
+pub fn resume_records(path: &Path, step: Option<u64>) -> Result<Vec<StepRecord>, TrainError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io(path, "read metrics")(e)),
+    };
+    let bad = |why: String| TrainError::RunDir {
+        path: path.to_path_buf(),
+        why,
+    };
+    let mut out = Vec::new();
+    let mut keep = 0usize; // bytes of the kept lines
+    let mut pos = 0usize;
+    let mut line_no = 0usize;
+    while pos < bytes.len() {
+        let end = bytes[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|i| pos + i + 1);
+        line_no += 1;
+        let Some(end) = end else {
+            break; // no newline: a torn last line
+        };
+        let parsed = std::str::from_utf8(&bytes[pos..end - 1])
+            .ok()
+            .and_then(|l| serde_json::from_str::<StepRecord>(l).ok());
+        let Some(rec) = parsed else {
+            if end == bytes.len() {
+                break; // a torn last line that happens to end in a newline
+            }
+            return Err(bad(format!("metrics line {line_no} is not a record")));
+        };
+        if step.is_none_or(|s| rec.step > s) {
+            break;
+        }
+        if rec.step != out.len() as u64 {
+            return Err(bad(format!(
+                "metrics line {line_no} holds step {}, expected step {}",
+                rec.step,
+                out.len()
+            )));
+        }
+        out.push(rec);
+        pos = end;
+        keep = end;
+    }
+    if let Some(s) = step {
+        if out.len() as u64 != s + 1 {
+            return Err(bad(format!(
+                "the checkpoint is at iteration {s} but metrics.jsonl has records only up to step {}",
+                out.len() as i64 - 1
+            )));
+        }
+    }
+    if keep != bytes.len() {
+        write_atomic(path, &bytes[..keep])?;
+    }
+    Ok(out)
+}
+
+/// Appends one record as a line and syncs it to disk (the record is durable before the
+/// iteration's checkpoint is written).
 pub fn append_jsonl(path: &Path, r: &StepRecord) -> Result<(), TrainError> {
     let line = serde_json::to_string(r)
         .map_err(|e| TrainError::Config(format!("serialise metrics: {e}")))?;
@@ -138,29 +206,13 @@ pub fn append_jsonl(path: &Path, r: &StepRecord) -> Result<(), TrainError> {
         .open(path)
         .map_err(io(path, "open metrics"))?;
     writeln!(f, "{line}").map_err(io(path, "write metrics"))?;
-    f.flush().map_err(io(path, "write metrics"))
+    f.sync_data().map_err(io(path, "write metrics"))
 }
 
-/// Writes a file atomically (temporary file in the same directory, then rename).
+/// Writes a file atomically ([`crate::io::write_atomic`]: temporary file, fsync, rename; a
+/// non-regular file at `path` is refused).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(path, "write"))?;
-    tmp.write_all(bytes).map_err(io(path, "write"))?;
-    tmp.as_file().sync_all().map_err(io(path, "write"))?;
-    // Temporary files are created 0600; a run's files are ordinary readable files.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(io(path, "write"))?;
-    }
-    tmp.persist(path)
-        .map_err(|e| io(path, "write")(e.error))
-        .map(|_| ())
+    crate::io::write_atomic(path, bytes).map_err(TrainError::from)
 }
 
 /// Registers a system sans-serif font for plot text, once; `false` if none was found (the

@@ -60,6 +60,10 @@ pub enum TrainError {
     /// A loss or gradient became NaN or infinite.
     #[error("non-finite training value: {0}")]
     NonFinite(String),
+    /// Training diverged at an iteration: its loss, gradient norm or parameters are not finite.
+    /// Nothing of that iteration was saved (the last checkpoint is the one before).
+    #[error("training diverged at iteration {step}: {what} (the last checkpoint is from before; lower the learning rate)")]
+    Diverged { step: u64, what: String },
     /// Plotting failed.
     #[error("plot {}: {why}", path.display())]
     Plot { path: PathBuf, why: String },

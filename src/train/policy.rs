@@ -456,6 +456,46 @@ impl<'d> Policy<'d> {
         Ok(())
     }
 
+    /// The first non-finite parameter (or f32 master weight on the CPU path), named by its
+    /// tensor and index, or `None` when all are finite. On a device the f16 parameters are
+    /// downloaded (the model this trainer runs is small).
+    pub fn first_non_finite(&self) -> Result<Option<String>, TrainError> {
+        let (layout, params, master) = match self {
+            Policy::Cpu(l) => (
+                l.model.layout(),
+                l.model
+                    .params()
+                    .iter()
+                    .map(|x| x.to_f32())
+                    .position(|x| !x.is_finite()),
+                l.optim.master.iter().position(|x| !x.is_finite()),
+            ),
+            Policy::Device(l) => (
+                l.model.layout(),
+                l.model
+                    .params()
+                    .map_err(device_err)?
+                    .iter()
+                    .position(|x| !x.is_finite()),
+                None,
+            ),
+        };
+        let name = |i: usize, prefix: &str| {
+            layout
+                .hf_tensors()
+                .into_iter()
+                .find(|(_, _, r)| r.contains(&i))
+                .map_or(format!("{prefix}parameter {i}"), |(n, _, r)| {
+                    format!("{prefix}{n}[{}]", i - r.start)
+                })
+        };
+        Ok(match (params, master) {
+            (Some(i), _) => Some(format!("parameter {} is not finite", name(i, ""))),
+            (None, Some(i)) => Some(format!("{} is not finite", name(i, "optim.master."))),
+            (None, None) => None,
+        })
+    }
+
     /// Replaces the optimizer's hyperparameters (keeping its state).
     pub fn set_optim_config(&mut self, cfg: AdamWConfig) -> Result<(), TrainError> {
         match self {

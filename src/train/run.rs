@@ -205,7 +205,7 @@ impl<'d> Trainer<'d> {
     pub fn evaluates_at(&self, k: u64) -> bool {
         let w = self.cfg.warmup.steps;
         let every = self.cfg.run.eval_every;
-        k == self.total_steps() || (k > w && every > 0 && (k - w) % every == 0)
+        k == self.total_steps() || (k > w && every > 0 && (k - w).is_multiple_of(every))
     }
 
     /// Held-out success (sampled, greedy) of the current policy; seeded by `k`.
@@ -235,6 +235,14 @@ impl<'d> Trainer<'d> {
         Ok((s.success, g.success))
     }
 
+    /// Reports divergence at iteration `k` if any parameter became non-finite.
+    fn check_finite(&self, k: u64) -> Result<(), TrainError> {
+        match self.policy.first_non_finite()? {
+            Some(what) => Err(TrainError::Diverged { step: k, what }),
+            None => Ok(()),
+        }
+    }
+
     /// Runs iteration `step + 1` and returns its record (timing and held-out fields unset).
     pub fn iterate(&mut self) -> Result<StepRecord, TrainError> {
         let k = self.step + 1;
@@ -249,7 +257,9 @@ impl<'d> Trainer<'d> {
             let ro = warmup::random_valid_rollouts(&tasks, self.prompt, &mut self.rng);
             let sample_s = t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
-            let us = warmup::imitation_step(self.policy.learner(), &ro, self.cfg.warmup.lr)?;
+            let us = warmup::imitation_step(self.policy.learner(), &ro, self.cfg.warmup.lr)
+                .map_err(|e| diverged(k, e))?;
+            self.check_finite(k)?;
             let update_s = t1.elapsed().as_secs_f64();
             rec.phase = "imitation".into();
             rec.loss = Some(us.loss);
@@ -288,7 +298,9 @@ impl<'d> Trainer<'d> {
             self.cfg.optim.minibatches,
             lr,
             &mut self.rng,
-        )?;
+        )
+        .map_err(|e| diverged(k, e))?;
+        self.check_finite(k)?;
         let update_s = t1.elapsed().as_secs_f64();
 
         let r = ro.turns.len().max(1) as f64;
@@ -335,6 +347,14 @@ impl<'d> Trainer<'d> {
         rec.tokens_per_s = Some(us.positions as f64 / update_s.max(1e-9));
         self.step = k;
         Ok(rec)
+    }
+}
+
+/// A non-finite loss or gradient norm of an update, as divergence at iteration `k`.
+fn diverged(k: u64, e: TrainError) -> TrainError {
+    match e {
+        TrainError::NonFinite(what) => TrainError::Diverged { step: k, what },
+        other => other,
     }
 }
 
@@ -426,45 +446,48 @@ pub fn train_with(
     opened: &Opened,
 ) -> Result<RunSummary, TrainError> {
     let started = Instant::now();
-    let (dir, mut trainer, mut records) = if let Some(dir) = &opts.resume {
+    let (dir, mut trainer, mut records, _lock) = if let Some(dir) = &opts.resume {
         let cpath = dir.join(CONFIG);
         let ckpt = dir.join(CHECKPOINT);
-        if !cpath.exists() || !ckpt.exists() {
+        if !cpath.is_file() {
             return Err(nothing_to_resume(dir));
         }
+        let lock = RunLock::acquire(dir)?;
         let cfg = TrainConfig::from_toml_file(&cpath)?;
         let recorded = cfg.run.backend.clone();
-        let trainer = Trainer::from_checkpoint(cfg, &ckpt, opened)?;
+        let trainer = if ckpt.exists() {
+            Trainer::from_checkpoint(cfg, &ckpt, opened)?
+        } else {
+            // A start that stopped before its first checkpoint: start again from the config.
+            Trainer::new(cfg, opened)?
+        };
         if trainer.cfg.run.backend != recorded {
             // Continued on another backend: the config records the one that runs now.
             metrics::write_atomic(&cpath, trainer.cfg.to_toml()?.as_bytes())?;
         }
-        let mut recs = metrics::read_jsonl(&dir.join(METRICS))?;
-        recs.retain(|r| r.step <= trainer.step);
-        metrics::write_jsonl(&dir.join(METRICS), &recs)?;
-        (dir.clone(), trainer, recs)
+        let kept = ckpt.exists().then_some(trainer.step);
+        let recs = metrics::resume_records(&dir.join(METRICS), kept)?;
+        (dir.clone(), trainer, recs, lock)
     } else {
         let trainer = Trainer::new(cfg, opened)?;
         let dir = match &opts.out {
-            Some(d) => {
-                if d.join(CONFIG).exists()
-                    || d.join(METRICS).exists()
-                    || d.join(CHECKPOINT).exists()
-                {
-                    return Err(TrainError::RunDir {
-                        path: d.clone(),
-                        why:
-                            "already holds a run; continue it with --resume or choose another --out"
-                                .into(),
-                    });
-                }
-                d.clone()
-            }
+            Some(d) => d.clone(),
             None => default_dir(&trainer.cfg),
         };
         std::fs::create_dir_all(&dir).map_err(io(&dir, "create run directory"))?;
+        let lock = RunLock::acquire(&dir)?;
+        if dir.join(CHECKPOINT).exists() {
+            return Err(TrainError::RunDir {
+                path: dir.clone(),
+                why: "already holds a run; continue it with --resume or choose another --out"
+                    .into(),
+            });
+        }
+        // No checkpoint: empty, or left by a start that failed before its first checkpoint
+        // (its config and metrics are replaced: nothing in them was trained yet).
+        metrics::write_atomic(&dir.join(METRICS), b"")?;
         metrics::write_atomic(&dir.join(CONFIG), trainer.cfg.to_toml()?.as_bytes())?;
-        (dir, trainer, Vec::new())
+        (dir, trainer, Vec::new(), lock)
     };
     let mpath = dir.join(METRICS);
     let wall0 = records.last().map_or(0.0, |r| r.wall_s);
@@ -513,10 +536,14 @@ pub fn train_with(
             rec.eval_s = Some(t0.elapsed().as_secs_f64());
         }
         rec.wall_s = wall(&started);
+        // The record first, then the checkpoint: a kill between the two leaves a record past the
+        // checkpoint, which a resume cuts and recomputes (bit-identically), never a lost one.
+        metrics::append_jsonl(&mpath, &rec)?;
+        fault_point("after-metrics", k);
         if k % trainer.cfg.run.checkpoint_every == 0 || k == stop {
             trainer.save(&dir.join(CHECKPOINT))?;
         }
-        metrics::append_jsonl(&mpath, &rec)?;
+        fault_point("after-checkpoint", k);
         records.push(rec);
         if trainer.evaluates_at(k) || k == stop {
             if let Err(e) = metrics::plot_run(&dir, &records) {
@@ -526,7 +553,8 @@ pub fn train_with(
         pb.set_position(k);
         pb.set_message(status_line(&records));
     }
-    if trainer.step == total && !dir.join(CHECKPOINT).exists() {
+    if !dir.join(CHECKPOINT).exists() && (trainer.step == total || trainer.step == stop) {
+        // `--until 0` (or a run of no iterations): the starting point is resumable.
         trainer.save(&dir.join(CHECKPOINT))?;
     }
     if let Err(e) = metrics::plot_run(&dir, &records) {
@@ -556,6 +584,48 @@ pub fn train_with(
         metrics::write_atomic(&dir.join("summary.json"), text.as_bytes())?;
     }
     Ok(summary)
+}
+
+/// An advisory lock on a run directory (`.lock`), held while a process trains it: a second
+/// `aem train` of the same directory gets an error instead of interleaving records. The OS
+/// releases it when the process ends, however it ends.
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+/// The lock file's name inside a run directory.
+pub const LOCK: &str = ".lock";
+
+impl RunLock {
+    /// Takes the lock of `dir` or fails at once (never waits).
+    pub fn acquire(dir: &Path) -> Result<Self, TrainError> {
+        let path = dir.join(LOCK);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path, "open lock"))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(TrainError::RunDir {
+                path: dir.to_path_buf(),
+                why: "in use by another aem train (it holds .lock); wait for it to finish or choose another directory".into(),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(io(&path, "lock")(e)),
+        }
+    }
+}
+
+/// A test hook: with `AEM_FAULT=<point>:<iteration>` (e.g. `after-metrics:3`) the process aborts
+/// at that point of that iteration, as a kill -9 would stop it (no destructor, no flush), so the
+/// tests can place a crash exactly between a record and its checkpoint.
+fn fault_point(point: &str, k: u64) {
+    if let Ok(spec) = std::env::var("AEM_FAULT") {
+        if spec == format!("{point}:{k}") {
+            std::process::abort();
+        }
+    }
 }
 
 /// The progress bar's message: the latest train success, held-out success and entropy.

@@ -1,0 +1,127 @@
+//! Shared by the hostile_* tests: running `aem`, asserting one-line errors, tiny runs.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// `aem args…` in `cwd` with extra environment variables.
+pub fn aem_env(args: &[&str], cwd: &Path, envs: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_aem"));
+    c.args(args).current_dir(cwd);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+pub fn aem(args: &[&str], cwd: &Path) -> Output {
+    aem_env(args, cwd, &[])
+}
+
+/// Runs a command that must fail cleanly: exit status 1 or 2 (not a signal), stderr exactly one
+/// line starting `aem: error: `. Returns that line.
+pub fn fails_env(args: &[&str], cwd: &Path, envs: &[(&str, &str)]) -> String {
+    let o = aem_env(args, cwd, envs);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success(), "{args:?} succeeded: {err}");
+    assert!(
+        matches!(o.status.code(), Some(1 | 2)),
+        "{args:?}: ended by {:?} (a signal?): {err}",
+        o.status
+    );
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "{args:?}: not one line: {err}"
+    );
+    assert!(err.starts_with("aem: error: "), "{err}");
+    err
+}
+
+pub fn fails(args: &[&str], cwd: &Path) -> String {
+    fails_env(args, cwd, &[])
+}
+
+/// Runs a command that must succeed; returns stderr.
+pub fn ok(args: &[&str], cwd: &Path) -> String {
+    ok_env(args, cwd, &[])
+}
+
+pub fn ok_env(args: &[&str], cwd: &Path, envs: &[(&str, &str)]) -> String {
+    let o = aem_env(args, cwd, envs);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "{args:?} failed: {err}");
+    err
+}
+
+/// Flags of a tiny CPU training run (a second or two per run at opt-level 1).
+pub const TINY: &[&str] = &[
+    "--set",
+    "model.d_model=16",
+    "--set",
+    "model.layers=1",
+    "--set",
+    "model.heads=2",
+    "--tasks",
+    "2",
+    "--rollouts",
+    "4",
+    "--eval-tasks",
+    "6",
+    "--eval-every",
+    "2",
+    "--backend",
+    "cpu",
+    "--quiet",
+];
+
+/// A tiny run's command line: `train` + TINY + `--steps steps --checkpoint-every every --out out`.
+pub fn tiny_train(steps: u64, every: u64, out: &str) -> Vec<String> {
+    let mut v: Vec<String> = vec!["train".into()];
+    v.extend(TINY.iter().map(|s| s.to_string()));
+    v.extend([
+        "--steps".into(),
+        steps.to_string(),
+        "--checkpoint-every".into(),
+        every.to_string(),
+        "--out".into(),
+        out.into(),
+    ]);
+    v
+}
+
+pub fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// A run's metrics.jsonl as JSON values without their timing fields.
+pub fn metrics_without_timing(dir: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            for k in aem::train::metrics::TIMING_FIELDS {
+                v.as_object_mut().unwrap().remove(k);
+            }
+            v
+        })
+        .collect()
+}
+
+/// The metrics lines as text with the timing fields removed: a byte-level comparison of what
+/// was written (floats included), not of what they parse to.
+pub fn metrics_text_without_timing(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|l| {
+            l.split(',')
+                .filter(|f| {
+                    !aem::train::metrics::TIMING_FIELDS
+                        .iter()
+                        .any(|k| f.trim_start_matches('{').starts_with(&format!("\"{k}\"")))
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect()
+}
