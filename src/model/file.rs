@@ -124,6 +124,22 @@ pub fn forward(
             DeviceGpt::from_cpu(&dev, &model)?.forward(&tokens.data, b, t)?
         }
     };
+    // Finite weights can still overflow (f16 extremes through the GEMMs): never write inf/NaN.
+    if let Some(i) = logits.iter().position(|x| !x.is_finite()) {
+        let count = logits.iter().filter(|x| !x.is_finite()).count() as u64;
+        let row = i / v.max(1);
+        return Err(Error::NonFiniteOutput {
+            arg: "logits",
+            index: row,
+            count,
+            cause: format!(
+                "the forward pass overflows f32 at sequence {}, position {} (weights of {} too large)",
+                row / t.max(1),
+                row % t.max(1),
+                checkpoint.display()
+            ),
+        });
+    }
     write_tensors(
         output,
         &[("logits", OutTensor::F32(logits, vec![b, t, v]))],
