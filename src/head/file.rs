@@ -7,6 +7,7 @@
 //! Output tensors: `logp`, `entropy`, `lse`, `token_loss` F32 (T); `resp_surprisal`,
 //! `resp_mean_entropy`, `alpha`, `adv` F32 (R); `loss` F32 (); `dlogits` (T, V) F16 or F32.
 
+pub use super::result::{GradDtype, GradOut, HeadResult};
 use super::{HeadConfig, HeadInputs};
 use crate::cpu;
 use crate::error::{Error, Result};
@@ -14,14 +15,6 @@ use crate::io::{write_tensors, OutTensor, Tensor, TensorFile};
 use half::f16;
 use std::collections::HashMap;
 use std::path::Path;
-
-/// The dtype of the gradient output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum GradDtype {
-    F16,
-    #[default]
-    F32,
-}
 
 /// Which executor computes the head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -133,32 +126,6 @@ pub fn read_inputs(path: &Path, n_groups: Option<usize>) -> Result<HeadData> {
         old_logp: old_logp.map(|t| t.data),
         ref_logp: ref_logp.map(|t| t.data),
     })
-}
-
-/// The head's results in the file's dtypes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HeadResult {
-    /// logp, entropy, lse, token_loss: (T) f32
-    pub logp: Vec<f32>,
-    pub entropy: Vec<f32>,
-    pub lse: Vec<f32>,
-    pub token_loss: Vec<f32>,
-    /// resp_surprisal, resp_mean_entropy, alpha, adv: (R) f32
-    pub resp_surprisal: Vec<f32>,
-    pub resp_mean_entropy: Vec<f32>,
-    pub alpha: Vec<f32>,
-    pub adv: Vec<f32>,
-    /// The scalar loss.
-    pub loss: f32,
-    /// dlogits: (T, V) in the requested dtype.
-    pub dlogits: GradOut,
-}
-
-/// The gradient in its output dtype.
-#[derive(Debug, Clone, PartialEq)]
-pub enum GradOut {
-    F16(Vec<f16>),
-    F32(Vec<f32>),
 }
 
 fn to_f32(xs: &[f64]) -> Vec<f32> {

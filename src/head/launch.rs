@@ -1,7 +1,7 @@
 //! The loss head on a [`Device`]: validation, uploads, launch configurations and argument lists,
 //! written once for both executors. Argument order is the kernels' (`kernels/loss_head.cu`).
 
-use super::file::{GradDtype, GradOut, HeadResult};
+use super::result::{GradDtype, GradOut, HeadResult};
 use super::{validate, validate_layout_for, HeadConfig, HeadInputs, Layout};
 use crate::device::{Arg, DevBuf, Device, HeadParams, LaunchCfg};
 use crate::error::{Error, Result};

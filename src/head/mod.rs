@@ -9,6 +9,7 @@ use half::f16;
 
 pub mod file;
 pub mod launch;
+pub mod result;
 
 /// How per-token losses are weighted into the scalar loss (AEM.md §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -42,60 +42,7 @@ pub use elem::Elem;
 pub use gpt::{cross_entropy, Gpt};
 pub use sample::{SampleParams, Samples};
 
-/// Errors of the model, its optimizer, sampler and checkpoints.
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    /// A config field that must be positive is zero.
-    #[error("config: {field} must be > 0")]
-    ZeroDim { field: &'static str },
-    /// `d_model` is not a multiple of `heads`.
-    #[error("config: heads ({heads}) must divide d_model ({d_model})")]
-    HeadsDontDivide { d_model: usize, heads: usize },
-    /// A size computed from the config or the inputs overflows `usize`/`u32`.
-    #[error("size overflow in {what}")]
-    Overflow { what: &'static str },
-    /// A buffer has the wrong number of elements.
-    #[error("{op}: expected {expected} elements, got {got}")]
-    Shape {
-        op: &'static str,
-        expected: usize,
-        got: usize,
-    },
-    /// A sequence is longer than the context.
-    #[error("{op}: sequence length {t} exceeds context {context}")]
-    TooLong {
-        op: &'static str,
-        t: usize,
-        context: usize,
-    },
-    /// A token id is not below the vocabulary size.
-    #[error("token {token} out of range for vocab {vocab}")]
-    Token { token: u32, vocab: usize },
-    /// `backward` was called without a preceding `forward`.
-    #[error("backward called before forward")]
-    NoForward,
-    /// A hyperparameter is out of its domain (temperature < 0, lr NaN, …).
-    #[error("invalid {what}: {value}")]
-    Invalid { what: &'static str, value: f32 },
-    /// The token mask left no valid token for a sequence.
-    #[error("mask leaves no valid token for sequence {row} at position {t}")]
-    EmptyMask { row: usize, t: usize },
-    /// The optimizer state does not match the model.
-    #[error("optimizer has {got} parameters, model has {expected}")]
-    OptimMismatch { expected: usize, got: usize },
-    /// A checkpoint is missing a tensor, has a wrong shape/dtype, or bad metadata.
-    #[error("checkpoint: {0}")]
-    Checkpoint(String),
-    /// File system error while writing or reading a checkpoint.
-    #[error("checkpoint io: {0}")]
-    Io(#[from] std::io::Error),
-    /// A size decided by the config or the inputs does not fit in memory.
-    #[error("{0}")]
-    Memory(#[from] crate::mem::TooLarge),
-    /// The safetensors format rejected the data.
-    #[error("safetensors: {0}")]
-    SafeTensors(#[from] safetensors::SafeTensorError),
-}
+pub use crate::error::ModelError;
 
 /// `Result` with a [`ModelError`].
 pub type Result<T> = std::result::Result<T, ModelError>;

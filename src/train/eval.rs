@@ -6,8 +6,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::policy::{device_err, Sampler};
 use super::rollout;
+use super::sampler::{device_err, Sampler};
 use super::warmup::random_valid_rollouts;
 use super::TrainError;
 use crate::device::Device;
@@ -159,7 +159,7 @@ pub fn eval_checkpoint(
                 prompt_cfg,
                 mode,
                 cfg.rollout.temperature,
-                super::run::derive_seed(seed, mode.name(), 0),
+                super::derive_seed(seed, mode.name(), 0),
                 |d, t| progress(&label, d, t),
             )?;
             rows.push(EvalRow {

@@ -11,12 +11,14 @@
 //! of the uniformly random valid policy), [`eval`] (held-out and OOD success), [`metrics`]
 //! (`metrics.jsonl`, plots), [`run`] (the loop, run directory, checkpoints, resume).
 
+pub mod batch;
 pub mod config;
 pub mod eval;
 pub mod metrics;
 pub mod policy;
 pub mod rollout;
 pub mod run;
+pub mod sampler;
 pub mod update;
 pub mod warmup;
 
@@ -67,4 +69,12 @@ pub enum TrainError {
     /// Plotting failed.
     #[error("plot {}: {why}", path.display())]
     Plot { path: PathBuf, why: String },
+}
+
+/// A seed derived from the run seed, a stream name and an index (stable across versions).
+pub fn derive_seed(seed: u64, stream: &str, index: u64) -> u64 {
+    let mut bytes = seed.to_le_bytes().to_vec();
+    bytes.extend_from_slice(stream.as_bytes());
+    bytes.extend_from_slice(&index.to_le_bytes());
+    crate::env::fnv1a(&bytes)
 }

@@ -26,77 +26,18 @@
 use half::f16;
 use rand_chacha::ChaCha8Rng;
 
+use super::batch::Packed;
 use super::config::Backend;
-use super::update::Packed;
 use super::TrainError;
 use crate::cpu;
 use crate::device::Device;
 use crate::head::launch::Plan;
 use crate::head::{self, HeadConfig, HeadInputs};
-use crate::model::sample::MaskFn;
 use crate::model::{
-    save_checkpoint, AdamW, AdamWConfig, Checkpoint, DeviceGpt, Elem, Gpt, GptConfig, SampleParams,
-    Samples,
+    save_checkpoint, AdamW, AdamWConfig, Checkpoint, DeviceGpt, Elem, Gpt, GptConfig,
 };
 
-/// A device-path error, as a trainer error.
-pub fn device_err(e: crate::Error) -> TrainError {
-    TrainError::Device(e)
-}
-
-/// KV-cache sampling under a validity mask.
-pub trait Sampler {
-    /// The model's config.
-    fn gpt_config(&self) -> &GptConfig;
-
-    /// Samples `params.max_new` tokens after prompts (B, P); see [`Gpt::sample`].
-    fn sample_masked(
-        &self,
-        prompts: &[u32],
-        b: usize,
-        p: usize,
-        params: &SampleParams,
-        rng: &mut ChaCha8Rng,
-        mask: Option<&mut MaskFn>,
-    ) -> Result<Samples, TrainError>;
-}
-
-impl<E: Elem> Sampler for Gpt<E> {
-    fn gpt_config(&self) -> &GptConfig {
-        self.config()
-    }
-
-    fn sample_masked(
-        &self,
-        prompts: &[u32],
-        b: usize,
-        p: usize,
-        params: &SampleParams,
-        rng: &mut ChaCha8Rng,
-        mask: Option<&mut MaskFn>,
-    ) -> Result<Samples, TrainError> {
-        Ok(self.sample(prompts, b, p, params, rng, mask)?)
-    }
-}
-
-impl Sampler for DeviceGpt<'_> {
-    fn gpt_config(&self) -> &GptConfig {
-        self.config()
-    }
-
-    fn sample_masked(
-        &self,
-        prompts: &[u32],
-        b: usize,
-        p: usize,
-        params: &SampleParams,
-        rng: &mut ChaCha8Rng,
-        mask: Option<&mut MaskFn>,
-    ) -> Result<Samples, TrainError> {
-        self.sample(prompts, b, p, params, rng, mask)
-            .map_err(device_err)
-    }
-}
+pub use super::sampler::{device_err, Sampler};
 
 /// What one PPO optimizer step measured.
 #[derive(Debug, Clone, PartialEq)]
@@ -172,7 +113,7 @@ impl<E: Elem> Learner for CpuLearner<E> {
         let vocab = self.model.config().vocab;
         let logits = self.model.forward(&p.tokens, p.b, p.t)?;
         let mut head_logits = Vec::new();
-        super::update::masked_rows(logits, vocab, &p.rows, &p.masks, &mut head_logits);
+        super::batch::masked_rows(logits, vocab, &p.rows, &p.masks, &mut head_logits);
         let adv_base: Vec<f32> = p.adv.iter().map(|&a| a as f32).collect();
         let inp = HeadInputs {
             logits: &head_logits,

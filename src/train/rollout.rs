@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use rand_chacha::ChaCha8Rng;
 
-use super::policy::Sampler;
+use super::sampler::Sampler;
 use super::TrainError;
 use crate::env::vocab::{END, PAD};
 use crate::env::{Episode, PromptConfig, Status, Task};

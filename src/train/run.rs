@@ -36,13 +36,7 @@ pub const CONFIG: &str = "config.toml";
 /// The metrics' file name inside a run directory.
 pub const METRICS: &str = "metrics.jsonl";
 
-/// A seed derived from the run seed, a stream name and an index (stable across versions).
-pub fn derive_seed(seed: u64, stream: &str, index: u64) -> u64 {
-    let mut bytes = seed.to_le_bytes().to_vec();
-    bytes.extend_from_slice(stream.as_bytes());
-    bytes.extend_from_slice(&index.to_le_bytes());
-    env::fnv1a(&bytes)
-}
+pub use super::derive_seed;
 
 /// The model config of a run (the vocabulary is the env's).
 pub fn gpt_config(cfg: &TrainConfig, level: &Level) -> GptConfig {
