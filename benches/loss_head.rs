@@ -87,9 +87,7 @@ fn bench_cpu(c: &mut Criterion) {
 
 fn bench_gpu(c: &mut Criterion) {
     use aem::device::Device;
-    use aem::head::launch::{
-        BackwardPlan, DeviceHead, ForwardPlan, GradDst, Plan, TokenStatsKernel,
-    };
+    use aem::head::launch::{BackwardPlan, DeviceHead, ForwardPlan, GradDst, Plan};
     let dev = match Device::cuda(0) {
         Ok(d) => d,
         Err(e) => {
@@ -126,11 +124,9 @@ fn bench_gpu(c: &mut Criterion) {
         let mut h = DeviceHead::new(&dev, &inp, &cfg, logits.len()).expect("upload");
         let mut g = c.benchmark_group("loss_head_fwd");
         g.sample_size(20);
-        g.throughput(Throughput::Bytes(2 * tv + 12 * t as u64));
-        for (name, fwd) in [
-            ("fused_v1", ForwardPlan::Fused),
-            ("token_stats_v2", ForwardPlan::Unfused(TokenStatsKernel::V2)),
-        ] {
+        for fwd in ForwardPlan::ALL {
+            let name = fwd.name();
+            g.throughput(Throughput::Bytes(fwd.bytes(t as u64, v as u64)));
             for block in [256u32, 1024] {
                 let plan = Plan {
                     forward: fwd,
@@ -149,41 +145,23 @@ fn bench_gpu(c: &mut Criterion) {
         h.forward(&dev, &logits, &Plan::default()).expect("forward");
         let mut g = c.benchmark_group("loss_head_bwd");
         g.sample_size(20);
-        g.throughput(Throughput::Bytes(4 * tv));
-        for block in [256u32, 1024] {
-            let plan = Plan {
-                backward: BackwardPlan::Separate,
-                block,
-                ..Plan::default()
-            };
-            g.bench_function(format!("cuda_policy_grad_f16_b{block}/{shape}"), |bch| {
-                bch.iter(|| {
-                    h.backward(&dev, &logits, GradDst::F16(&mut grad), &plan)
-                        .expect("backward");
-                    dev.synchronize().expect("sync");
-                })
-            });
-        }
-        g.finish();
-        let mut g = c.benchmark_group("loss_head_fused");
-        g.sample_size(20);
-        g.throughput(Throughput::Bytes(4 * tv));
-        for row_cache in [true, false] {
-            let plan = Plan {
-                backward: BackwardPlan::Fused { row_cache },
-                block: 1024,
-                ..Plan::default()
-            };
-            g.bench_function(
-                format!("cuda_f16_cache{}/{shape}", u8::from(row_cache)),
-                |bch| {
+        for bwd in BackwardPlan::ALL {
+            // Bytes per plan: the uncached fused kernel reads the row twice (6·T·V for f16).
+            g.throughput(Throughput::Bytes(bwd.bytes(t as u64, v as u64, 2)));
+            for block in [256u32, 1024] {
+                let plan = Plan {
+                    backward: bwd,
+                    block,
+                    ..Plan::default()
+                };
+                g.bench_function(format!("cuda_{}_f16_b{block}/{shape}", bwd.name()), |bch| {
                     bch.iter(|| {
                         h.backward(&dev, &logits, GradDst::F16(&mut grad), &plan)
                             .expect("backward");
                         dev.synchronize().expect("sync");
                     })
-                },
-            );
+                });
+            }
         }
         g.finish();
     }

@@ -16,31 +16,7 @@ fn emu() -> Device {
 }
 
 fn all_plans(blocks: &[u32]) -> Vec<Plan> {
-    let fwd = [
-        ForwardPlan::Unfused(TokenStatsKernel::V1),
-        ForwardPlan::Unfused(TokenStatsKernel::V2),
-        ForwardPlan::Unfused(TokenStatsKernel::V3),
-        ForwardPlan::Fused,
-    ];
-    let bwd = [
-        BackwardPlan::Separate,
-        BackwardPlan::Fused { row_cache: false },
-        BackwardPlan::Fused { row_cache: true },
-    ];
-    let mut plans = Vec::new();
-    for &block in blocks {
-        for (i, &forward) in fwd.iter().enumerate() {
-            for (j, &backward) in bwd.iter().enumerate() {
-                plans.push(Plan {
-                    forward,
-                    backward,
-                    block,
-                    in_place: (i + j) % 2 == 0,
-                });
-            }
-        }
-    }
-    plans
+    Plan::all(blocks)
 }
 
 /// A batch with a singleton group, a guard-triggering group (near-equal entropies), a long

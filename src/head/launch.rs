@@ -48,6 +48,96 @@ pub struct Plan {
     pub in_place: bool,
 }
 
+impl TokenStatsKernel {
+    /// Every version, once: the parity tests and the benches iterate this list, so a new
+    /// version is tested and benched by adding it here (the match in [`Self::name`] does not
+    /// compile until it is named).
+    pub const ALL: [TokenStatsKernel; 3] = [Self::V1, Self::V2, Self::V3];
+
+    /// The kernel's stem and version (`token_stats_v2`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::V1 => "token_stats_v1",
+            Self::V2 => "token_stats_v2",
+            Self::V3 => "token_stats_v3",
+        }
+    }
+}
+
+impl ForwardPlan {
+    /// Every forward: each token-statistics version unfused, then the fused kernel.
+    pub const ALL: [ForwardPlan; 4] = [
+        Self::Unfused(TokenStatsKernel::V1),
+        Self::Unfused(TokenStatsKernel::V2),
+        Self::Unfused(TokenStatsKernel::V3),
+        Self::Fused,
+    ];
+
+    /// A name for test and bench labels (`token_stats_v2`, `loss_head_fwd_v1`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Unfused(k) => k.name(),
+            Self::Fused => "loss_head_fwd_v1",
+        }
+    }
+
+    /// Bytes a forward moves: the logits read once (f16) and, per row, the target read and
+    /// logp/entropy/LSE written.
+    pub fn bytes(self, t: u64, v: u64) -> u64 {
+        2 * t * v + 16 * t
+    }
+}
+
+impl BackwardPlan {
+    /// Every backward.
+    pub const ALL: [BackwardPlan; 3] = [
+        Self::Separate,
+        Self::Fused { row_cache: false },
+        Self::Fused { row_cache: true },
+    ];
+
+    /// A name for test and bench labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Separate => "policy_grad_v1",
+            Self::Fused { row_cache: false } => "loss_head_fused_v1_reread",
+            Self::Fused { row_cache: true } => "loss_head_fused_v1_cached",
+        }
+    }
+
+    /// Bytes a backward moves for a gradient of `grad_bytes` per element: the logits read (twice
+    /// when the fused kernel does not cache the row: statistics, then gradient) and the gradient
+    /// written.
+    pub fn bytes(self, t: u64, v: u64, grad_bytes: u64) -> u64 {
+        let reads = match self {
+            Self::Fused { row_cache: false } => 2,
+            _ => 1,
+        };
+        reads * 2 * t * v + grad_bytes * t * v
+    }
+}
+
+impl Plan {
+    /// Every forward × backward plan at each block size in `blocks`, alternating the f16
+    /// in-place gradient so both destinations are covered.
+    pub fn all(blocks: &[u32]) -> Vec<Plan> {
+        let mut plans = Vec::new();
+        for &block in blocks {
+            for (i, &forward) in ForwardPlan::ALL.iter().enumerate() {
+                for (j, &backward) in BackwardPlan::ALL.iter().enumerate() {
+                    plans.push(Plan {
+                        forward,
+                        backward,
+                        block,
+                        in_place: (i + j) % 2 == 0,
+                    });
+                }
+            }
+        }
+        plans
+    }
+}
+
 impl Default for Plan {
     fn default() -> Self {
         Plan {
