@@ -59,188 +59,153 @@ enum Cmd {
     Eval(EvalArgs),
 }
 
-#[derive(Args, Default)]
-#[command(allow_negative_numbers = true)]
-struct TrainArgs {
-    /// TOML config file (any subset of the keys of a run's config.toml).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Training level (foglake-proto, keyrooms-train, tinyshop-train, ...).
-    #[arg(long)]
-    level: Option<String>,
-    /// Out-of-distribution level for evaluation (same env as --level).
-    #[arg(long)]
-    ood_level: Option<String>,
-    /// Base advantage: grpo | dr-grpo | rloo | gigpo.
-    #[arg(long)]
-    advantage: Option<String>,
-    /// Rescale advantages with AEM (true | false).
-    #[arg(long)]
-    aem: Option<bool>,
-    /// AEM λ.
-    #[arg(long)]
-    lambda: Option<f32>,
-    /// AEM range guard δ.
-    #[arg(long)]
-    delta: Option<f32>,
-    /// RL iterations.
-    #[arg(long, value_parser = count64)]
-    steps: Option<u64>,
-    /// Tasks per iteration (B).
-    #[arg(long, value_parser = count)]
-    tasks: Option<usize>,
-    /// Rollouts per task (N).
-    #[arg(long, value_parser = count)]
-    rollouts: Option<usize>,
-    /// Past turns in the prompt (k).
-    #[arg(long, value_parser = count)]
-    history: Option<usize>,
-    /// Validity mask: admissible | grammar.
-    #[arg(long)]
-    mask: Option<String>,
-    /// Learning rate.
-    #[arg(long)]
-    lr: Option<f32>,
-    /// Learning-rate schedule: constant | cosine | linear.
-    #[arg(long)]
-    schedule: Option<String>,
-    /// PPO epochs per iteration.
-    #[arg(long, value_parser = count)]
-    epochs: Option<usize>,
-    /// Minibatches per epoch.
-    #[arg(long, value_parser = count)]
-    minibatches: Option<usize>,
-    #[arg(long)]
-    clip_low: Option<f32>,
-    #[arg(long)]
-    clip_high: Option<f32>,
-    /// Gradient-norm clip.
-    #[arg(long)]
-    grad_clip: Option<f32>,
-    /// token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
-    #[arg(long)]
-    agg: Option<String>,
-    /// Imitation warm-up iterations (uniformly random valid policy) before RL.
-    #[arg(long, value_parser = count64)]
-    warmup_steps: Option<u64>,
-    #[arg(long, value_parser = count64)]
-    seed: Option<u64>,
-    /// Evaluate held-out success every this many RL iterations (0 = only at the end).
-    #[arg(long, value_parser = count64)]
-    eval_every: Option<u64>,
-    /// Held-out tasks per evaluation during training.
-    #[arg(long, value_parser = count)]
-    eval_tasks: Option<usize>,
-    /// Checkpoint every this many iterations (and at the end).
-    #[arg(long, value_parser = count64)]
-    checkpoint_every: Option<u64>,
-    /// auto (default: GPU 0 when one is found, else cpu) | cpu | emu (the device path on the
-    /// CPU emulator: checks the launch code, slower than cpu) | cuda. Allowed with --resume
-    /// (continues the run on another backend).
-    #[arg(long)]
-    backend: Option<String>,
-    /// Any config key: --set section.key=value (repeatable), e.g. --set optim.beta2=0.999.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    sets: Vec<String>,
-    /// Run directory (default: runs/<level>-<advantage>[-aem]-s<seed>, made unique).
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Continue the run in this directory from its checkpoint, with its own config.
-    #[arg(long)]
-    resume: Option<PathBuf>,
-    /// Stop after this iteration (checkpoint written; continue later with --resume).
-    #[arg(long, value_parser = count64)]
-    until: Option<u64>,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
+/// Assigns a flag's value to its config field (a plain field, or an optional one: `Some(v)`).
+trait Put<V> {
+    fn put(&mut self, v: V);
+}
+impl<T> Put<T> for T {
+    fn put(&mut self, v: T) {
+        *self = v;
+    }
+}
+impl<T> Put<T> for Option<T> {
+    fn put(&mut self, v: T) {
+        *self = Some(v);
+    }
 }
 
-impl TrainArgs {
-    /// The config flags given, by name (used to refuse them with --resume).
-    fn config_flags(&self) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        let mut add = |given: bool, name: &'static str| {
-            if given {
-                v.push(name);
-            }
-        };
-        add(self.config.is_some(), "--config");
-        add(self.level.is_some(), "--level");
-        add(self.ood_level.is_some(), "--ood-level");
-        add(self.advantage.is_some(), "--advantage");
-        add(self.aem.is_some(), "--aem");
-        add(self.lambda.is_some(), "--lambda");
-        add(self.delta.is_some(), "--delta");
-        add(self.steps.is_some(), "--steps");
-        add(self.tasks.is_some(), "--tasks");
-        add(self.rollouts.is_some(), "--rollouts");
-        add(self.history.is_some(), "--history");
-        add(self.mask.is_some(), "--mask");
-        add(self.lr.is_some(), "--lr");
-        add(self.schedule.is_some(), "--schedule");
-        add(self.epochs.is_some(), "--epochs");
-        add(self.minibatches.is_some(), "--minibatches");
-        add(self.clip_low.is_some(), "--clip-low");
-        add(self.clip_high.is_some(), "--clip-high");
-        add(self.grad_clip.is_some(), "--grad-clip");
-        add(self.agg.is_some(), "--agg");
-        add(self.warmup_steps.is_some(), "--warmup-steps");
-        add(self.seed.is_some(), "--seed");
-        add(self.eval_every.is_some(), "--eval-every");
-        add(self.eval_tasks.is_some(), "--eval-tasks");
-        add(self.checkpoint_every.is_some(), "--checkpoint-every");
-        add(!self.sets.is_empty(), "--set");
-        add(self.out.is_some(), "--out");
-        v
-    }
+/// The config flags of `aem train`, written once: each line gives the flag's help, its field,
+/// type and parser, and the config key it sets. The macro makes the clap fields, the list of
+/// flags given (refused with `--resume`) and their application to the config.
+macro_rules! train_flags {
+    ($( $(#[doc = $doc:literal])* $field:ident: $ty:ty [$parser:expr] => $($key:ident).+; )*) => {
+        #[derive(Args, Default)]
+        #[command(allow_negative_numbers = true)]
+        struct TrainArgs {
+            /// TOML config file (any subset of the keys of a run's config.toml).
+            #[arg(long)]
+            config: Option<PathBuf>,
+            $(
+                $(#[doc = $doc])*
+                #[arg(long, value_parser = $parser)]
+                $field: Option<$ty>,
+            )*
+            /// auto (default: GPU 0 when one is found, else cpu) | cpu | emu (the device path on
+            /// the CPU emulator: checks the launch code, slower than cpu) | cuda. Allowed with
+            /// --resume (continues the run on another backend).
+            #[arg(long)]
+            backend: Option<String>,
+            /// Any config key: --set section.key=value (repeatable), e.g. --set optim.beta2=0.999.
+            #[arg(long = "set", value_name = "KEY=VALUE")]
+            sets: Vec<String>,
+            /// Run directory (default: runs/<level>-<advantage>[-aem]-s<seed>, made unique).
+            #[arg(long)]
+            out: Option<PathBuf>,
+            /// Continue the run in this directory from its checkpoint, with its own config.
+            #[arg(long)]
+            resume: Option<PathBuf>,
+            /// Stop after this iteration (checkpoint written; continue later with --resume).
+            #[arg(long, value_parser = count64)]
+            until: Option<u64>,
+            /// No progress bar.
+            #[arg(long)]
+            quiet: bool,
+        }
 
-    /// The run's config: defaults, then the file, then the flags, then each --set.
-    fn resolve(&self) -> Result<TrainConfig, TrainError> {
-        let mut c = match &self.config {
-            Some(p) => TrainConfig::from_toml_file(p)?,
-            None => TrainConfig::default(),
-        };
-        macro_rules! put {
-            ($field:expr, $dst:expr) => {
-                if let Some(v) = $field.clone() {
-                    $dst = v;
+        impl TrainArgs {
+            /// The config flags given, by name (refused with --resume).
+            fn config_flags(&self) -> Vec<String> {
+                let mut v = Vec::new();
+                if self.config.is_some() {
+                    v.push("--config".to_string());
                 }
-            };
+                $(
+                    if self.$field.is_some() {
+                        v.push(format!("--{}", stringify!($field).replace('_', "-")));
+                    }
+                )*
+                if !self.sets.is_empty() {
+                    v.push("--set".to_string());
+                }
+                if self.out.is_some() {
+                    v.push("--out".to_string());
+                }
+                v
+            }
+
+            /// The run's config: defaults, then the file, then the flags, then each --set.
+            fn resolve(&self) -> Result<TrainConfig, TrainError> {
+                let mut c = match &self.config {
+                    Some(p) => TrainConfig::from_toml_file(p)?,
+                    None => TrainConfig::default(),
+                };
+                $(
+                    if let Some(v) = self.$field.clone() {
+                        c.$($key).+.put(v);
+                    }
+                )*
+                if let Some(b) = self.backend.clone() {
+                    c.run.backend = b;
+                }
+                for s in &self.sets {
+                    c.set(s)?;
+                }
+                c.validate()?;
+                Ok(c)
+            }
         }
-        put!(self.level, c.env.level);
-        put!(self.ood_level, c.env.ood_level);
-        put!(self.advantage, c.algo.advantage);
-        put!(self.aem, c.algo.aem);
-        put!(self.lambda, c.algo.lambda);
-        put!(self.delta, c.algo.delta);
-        put!(self.steps, c.run.steps);
-        put!(self.tasks, c.rollout.tasks);
-        put!(self.rollouts, c.rollout.rollouts);
-        put!(self.history, c.env.history);
-        put!(self.mask, c.env.mask);
-        put!(self.lr, c.optim.lr);
-        put!(self.schedule, c.optim.schedule);
-        put!(self.epochs, c.optim.epochs);
-        put!(self.minibatches, c.optim.minibatches);
-        put!(self.clip_low, c.algo.clip_low);
-        put!(self.clip_high, c.algo.clip_high);
-        if let Some(g) = self.grad_clip {
-            c.optim.grad_clip = Some(g);
-        }
-        put!(self.agg, c.algo.agg);
-        put!(self.warmup_steps, c.warmup.steps);
-        put!(self.seed, c.run.seed);
-        put!(self.eval_every, c.run.eval_every);
-        put!(self.eval_tasks, c.run.eval_tasks);
-        put!(self.checkpoint_every, c.run.checkpoint_every);
-        put!(self.backend, c.run.backend);
-        for s in &self.sets {
-            c.set(s)?;
-        }
-        c.validate()?;
-        Ok(c)
-    }
+    };
+}
+
+train_flags! {
+    /// Training level (foglake-proto, keyrooms-train, tinyshop-train, ...).
+    level: String [clap::value_parser!(String)] => env.level;
+    /// Out-of-distribution level for evaluation (same env as --level).
+    ood_level: String [clap::value_parser!(String)] => env.ood_level;
+    /// Base advantage: grpo | dr-grpo | rloo | gigpo.
+    advantage: String [clap::value_parser!(String)] => algo.advantage;
+    /// Rescale advantages with AEM (true | false).
+    aem: bool [clap::value_parser!(bool)] => algo.aem;
+    /// AEM λ.
+    lambda: f32 [clap::value_parser!(f32)] => algo.lambda;
+    /// AEM range guard δ.
+    delta: f32 [clap::value_parser!(f32)] => algo.delta;
+    /// RL iterations.
+    steps: u64 [count64] => run.steps;
+    /// Tasks per iteration (B).
+    tasks: usize [count] => rollout.tasks;
+    /// Rollouts per task (N).
+    rollouts: usize [count] => rollout.rollouts;
+    /// Past turns in the prompt (k).
+    history: usize [count] => env.history;
+    /// Validity mask: admissible | grammar.
+    mask: String [clap::value_parser!(String)] => env.mask;
+    /// Learning rate.
+    lr: f32 [clap::value_parser!(f32)] => optim.lr;
+    /// Learning-rate schedule: constant | cosine | linear.
+    schedule: String [clap::value_parser!(String)] => optim.schedule;
+    /// PPO epochs per iteration.
+    epochs: usize [count] => optim.epochs;
+    /// Minibatches per epoch.
+    minibatches: usize [count] => optim.minibatches;
+    /// PPO clip ε_low.
+    clip_low: f32 [clap::value_parser!(f32)] => algo.clip_low;
+    /// PPO clip ε_high.
+    clip_high: f32 [clap::value_parser!(f32)] => algo.clip_high;
+    /// Gradient-norm clip.
+    grad_clip: f32 [clap::value_parser!(f32)] => optim.grad_clip;
+    /// token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
+    agg: String [clap::value_parser!(String)] => algo.agg;
+    /// Imitation warm-up iterations (uniformly random valid policy) before RL.
+    warmup_steps: u64 [count64] => warmup.steps;
+    /// Seed of the model's initialisation, the task stream and sampling.
+    seed: u64 [count64] => run.seed;
+    /// Evaluate held-out success every this many RL iterations (0 = only at the end).
+    eval_every: u64 [count64] => run.eval_every;
+    /// Held-out tasks per evaluation during training.
+    eval_tasks: usize [count] => run.eval_tasks;
+    /// Checkpoint every this many iterations (and at the end).
+    checkpoint_every: u64 [count64] => run.checkpoint_every;
 }
 
 fn train_cmd(a: TrainArgs) -> Result<(), TrainError> {
