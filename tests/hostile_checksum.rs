@@ -59,21 +59,10 @@ fn flipped_bytes_in_a_checkpoint_are_refused_everywhere() {
 #[test]
 fn a_checkpoint_without_a_checksum_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("c.json"), "{}").unwrap();
-    ok(
-        &["model", "init", "--config", "c.json", "--out", "ck.st"],
-        dir.path(),
-    );
-    let bytes = std::fs::read(dir.path().join("ck.st")).unwrap();
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let mut m = meta.metadata().clone().unwrap();
-    assert!(m.remove("aem.checksum").is_some());
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    std::fs::write(
-        dir.path().join("old.st"),
-        safetensors::serialize(st.tensors(), Some(m)).unwrap(),
-    )
-    .unwrap();
+    hostile::model_files(dir.path());
+    hostile::with_metadata(&dir.path().join("ck.st"), &dir.path().join("old.st"), |m| {
+        assert!(m.remove("aem.checksum").is_some());
+    });
     let e = aem::model::load_checkpoint::<half::f16>(&dir.path().join("old.st"))
         .expect_err("loaded")
         .to_string();

@@ -9,7 +9,7 @@ mod hostile;
 use aem::head::file::{self, Backend, GradDtype, HeadData};
 use aem::head::HeadConfig;
 use common::{problem, Spec};
-use hostile::{fails, ok, strs, tiny_train};
+use hostile::{fails, strs, tiny_train};
 use std::collections::{BTreeMap, HashMap};
 
 fn both(d: &HeadData, cfg: &HeadConfig, dtype: GradDtype) -> String {
@@ -203,28 +203,7 @@ fn plant_nan(src: &std::path::Path, dst: &std::path::Path, tensor: &str) {
 #[test]
 fn non_finite_weights_or_optimizer_state_are_refused_on_load() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("c.json"), "{}").unwrap();
-    ok(
-        &["model", "init", "--config", "c.json", "--out", "ck.st"],
-        dir.path(),
-    );
-    std::fs::write(
-        dir.path().join("tok.st"),
-        safetensors::serialize(
-            [(
-                "tokens",
-                safetensors::tensor::TensorView::new(
-                    safetensors::Dtype::U32,
-                    vec![1, 2],
-                    bytemuck::cast_slice(&[1u32, 2]),
-                )
-                .unwrap(),
-            )],
-            None,
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    hostile::model_files(dir.path());
     for tensor in [
         "h.0.mlp.c_fc.weight",
         "optim.v.wte.weight",

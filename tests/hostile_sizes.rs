@@ -79,40 +79,13 @@ fn model_configs_beyond_memory_are_refused() {
 #[test]
 fn a_checkpoint_claiming_a_huge_model_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("c.json"), "{}").unwrap();
-    hostile::ok(
-        &["model", "init", "--config", "c.json", "--out", "ck.st"],
-        dir.path(),
-    );
+    hostile::model_files(dir.path());
     // Rewrite the metadata's config to claim n_embd = 1e6 (the tensors stay 1.5 MB).
-    let bytes = std::fs::read(dir.path().join("ck.st")).unwrap();
-    let (n, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let mut m = meta.metadata().clone().unwrap();
-    let cfg = m["config"].replace("\"n_embd\":64", "\"n_embd\":1000000");
-    assert_ne!(cfg, m["config"]);
-    m.insert("config".into(), cfg);
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let _ = n;
-    let views: Vec<(String, safetensors::tensor::TensorView)> = st.tensors().into_iter().collect();
-    let out = safetensors::serialize(views, Some(m)).unwrap();
-    std::fs::write(dir.path().join("big.st"), out).unwrap();
-    std::fs::write(
-        dir.path().join("tok.st"),
-        safetensors::serialize(
-            [(
-                "tokens",
-                safetensors::tensor::TensorView::new(
-                    safetensors::Dtype::U32,
-                    vec![1, 2],
-                    bytemuck::cast_slice(&[1u32, 2]),
-                )
-                .unwrap(),
-            )],
-            None,
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    hostile::with_metadata(&dir.path().join("ck.st"), &dir.path().join("big.st"), |m| {
+        let cfg = m["config"].replace("\"n_embd\":64", "\"n_embd\":1000000");
+        assert_ne!(cfg, m["config"]);
+        m.insert("config".into(), cfg);
+    });
     let e = fails_fast(
         &[
             "model",

@@ -125,3 +125,36 @@ pub fn metrics_text_without_timing(dir: &Path) -> Vec<String> {
         })
         .collect()
 }
+
+/// `aem model init` of the default config into `dir/ck.st`, and a `dir/tok.st` holding
+/// `tokens` (1, 2): a checkpoint and an input for `aem model forward`.
+pub fn model_files(dir: &Path) {
+    std::fs::write(dir.join("c.json"), "{}").unwrap();
+    ok(
+        &["model", "init", "--config", "c.json", "--out", "ck.st"],
+        dir,
+    );
+    let tokens = safetensors::tensor::TensorView::new(
+        safetensors::Dtype::U32,
+        vec![1, 2],
+        bytemuck::cast_slice(&[1u32, 2]),
+    )
+    .unwrap();
+    let bytes = safetensors::serialize([("tokens", tokens)], None).unwrap();
+    std::fs::write(dir.join("tok.st"), bytes).unwrap();
+}
+
+/// Copies the safetensors file `src` to `dst` with its metadata edited by `edit` (tensors as
+/// they are).
+pub fn with_metadata(
+    src: &Path,
+    dst: &Path,
+    edit: impl FnOnce(&mut std::collections::HashMap<String, String>),
+) {
+    let bytes = std::fs::read(src).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut m = meta.metadata().clone().unwrap_or_default();
+    edit(&mut m);
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    std::fs::write(dst, safetensors::serialize(st.tensors(), Some(m)).unwrap()).unwrap();
+}
