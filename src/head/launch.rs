@@ -3,7 +3,7 @@
 
 use super::result::{GradDtype, GradOut, HeadResult};
 use super::{validate, validate_layout_for, HeadConfig, HeadInputs, Layout};
-use crate::device::{Arg, DevBuf, Device, HeadParams, LaunchCfg};
+use crate::device::{kernels, DevBuf, Device, HeadParams, LaunchCfg, Ptr};
 use crate::error::{Error, Result};
 use half::f16;
 
@@ -172,9 +172,10 @@ fn blocks(n: usize, per_block: u32) -> Result<u32> {
         .map_err(|_| Error::shape("grid", "< 2^32 blocks", n))
 }
 
-/// An optional buffer as a kernel argument (NULL when absent).
-fn opt(x: &Option<DevBuf<f32>>) -> Arg<'_> {
-    x.as_ref().map_or(Arg::Null, DevBuf::arg)
+/// The gradient destination, typed by its element type.
+enum GradPtr<'a> {
+    F16(Ptr<'a, f16>),
+    F32(Ptr<'a, f32>),
 }
 
 fn i32_of(arg: &'static str, n: usize) -> Result<i32> {
@@ -393,97 +394,97 @@ impl DeviceHead {
         let row_grid = self.row_grid(b)?;
         match plan.forward {
             ForwardPlan::Unfused(k) => {
-                let (name, grid) = match k {
-                    TokenStatsKernel::V1 => ("token_stats_f16_v1", blocks(self.t, b)?),
-                    TokenStatsKernel::V2 => ("token_stats_f16_v2", row_grid.grid),
-                    TokenStatsKernel::V3 => ("token_stats_f16_v3", blocks(self.t, b / 32)?),
+                let cfg = |grid| LaunchCfg {
+                    grid,
+                    block: b,
+                    smem: 0,
                 };
-                dev.launch(
-                    name,
-                    LaunchCfg {
-                        grid,
-                        block: b,
-                        smem: 0,
-                    },
-                    &[
-                        logits.arg(),
-                        self.targets.arg(),
-                        Arg::I32(ti),
-                        Arg::I32(vi),
-                        self.logp.arg(),
-                        self.entropy.arg(),
-                        self.lse.arg(),
-                        self.bad_count.arg(),
-                        self.first_bad.arg(),
-                        Arg::Params(p),
-                    ],
-                )?;
-                dev.launch(
-                    "resp_stats_v1",
+                // The three versions share one signature.
+                macro_rules! token_stats {
+                    ($k:ident, $grid:expr) => {
+                        kernels::$k {
+                            logits: logits.ptr(),
+                            targets: self.targets.ptr(),
+                            t: ti,
+                            v: vi,
+                            logp: self.logp.ptr(),
+                            entropy: self.entropy.ptr(),
+                            lse: self.lse.ptr(),
+                            bad_count: self.bad_count.ptr(),
+                            first_bad_row: self.first_bad.ptr(),
+                            p,
+                        }
+                        .launch(dev, cfg($grid))
+                    };
+                }
+                match k {
+                    TokenStatsKernel::V1 => token_stats!(TokenStatsF16V1, blocks(self.t, b)?),
+                    TokenStatsKernel::V2 => token_stats!(TokenStatsF16V2, row_grid.grid),
+                    TokenStatsKernel::V3 => token_stats!(TokenStatsF16V3, blocks(self.t, b / 32)?),
+                }?;
+                kernels::RespStatsV1 {
+                    logp: self.logp.ptr(),
+                    entropy: self.entropy.ptr(),
+                    resp_start: self.resp_start.ptr(),
+                    resp_len: self.resp_len.ptr(),
+                    r: ri,
+                    surprisal: self.surprisal.ptr(),
+                    mean_entropy: self.mean_entropy.ptr(),
+                }
+                .launch(
+                    dev,
                     LaunchCfg {
                         grid: blocks(self.r, b)?,
                         block: b,
                         smem: 0,
                     },
-                    &[
-                        self.logp.arg(),
-                        self.entropy.arg(),
-                        self.resp_start.arg(),
-                        self.resp_len.arg(),
-                        Arg::I32(ri),
-                        self.surprisal.arg(),
-                        self.mean_entropy.arg(),
-                    ],
                 )?;
-                dev.launch(
-                    "aem_alpha_v1",
+                kernels::AemAlphaV1 {
+                    mean_entropy: self.mean_entropy.ptr(),
+                    adv_base: self.adv_base.ptr(),
+                    grp_offsets: self.grp_offsets.ptr(),
+                    grp_members: self.grp_members.ptr(),
+                    g: gi,
+                    alpha: self.alpha.ptr(),
+                    adv: self.adv.ptr(),
+                    p,
+                }
+                .launch(
+                    dev,
                     LaunchCfg {
                         grid: blocks(self.g, b)?,
                         block: b,
                         smem: 0,
                     },
-                    &[
-                        self.mean_entropy.arg(),
-                        self.adv_base.arg(),
-                        self.grp_offsets.arg(),
-                        self.grp_members.arg(),
-                        Arg::I32(gi),
-                        self.alpha.arg(),
-                        self.adv.arg(),
-                        Arg::Params(p),
-                    ],
                 )?;
             }
             ForwardPlan::Fused => {
-                dev.launch(
-                    "loss_head_fwd_v1",
-                    row_grid,
-                    &[
-                        logits.arg(),
-                        self.targets.arg(),
-                        self.row_resp.arg(),
-                        self.resp_start.arg(),
-                        self.resp_len.arg(),
-                        self.resp_group.arg(),
-                        self.grp_offsets.arg(),
-                        self.grp_members.arg(),
-                        self.adv_base.arg(),
-                        Arg::I32(ti),
-                        Arg::I32(vi),
-                        self.logp.arg(),
-                        self.entropy.arg(),
-                        self.lse.arg(),
-                        self.surprisal.arg(),
-                        self.mean_entropy.arg(),
-                        self.alpha.arg(),
-                        self.adv.arg(),
-                        self.resp_done.arg(),
-                        self.grp_done.arg(),
-                        self.bad_count.arg(),
-                        self.first_bad.arg(),
-                        Arg::Params(p),
-                    ],
-                )?;
+                kernels::LossHeadFwdV1 {
+                    logits: logits.ptr(),
+                    targets: self.targets.ptr(),
+                    row_resp: self.row_resp.ptr(),
+                    resp_start: self.resp_start.ptr(),
+                    resp_len: self.resp_len.ptr(),
+                    resp_group: self.resp_group.ptr(),
+                    grp_offsets: self.grp_offsets.ptr(),
+                    grp_members: self.grp_members.ptr(),
+                    adv_base: self.adv_base.ptr(),
+                    t: ti,
+                    v: vi,
+                    logp: self.logp.ptr(),
+                    entropy: self.entropy.ptr(),
+                    lse: self.lse.ptr(),
+                    surprisal: self.surprisal.ptr(),
+                    mean_entropy: self.mean_entropy.ptr(),
+                    alpha: self.alpha.ptr(),
+                    adv: self.adv.ptr(),
+                    resp_done: self.resp_done.ptr(),
+                    grp_done: self.grp_done.ptr(),
+                    bad_count: self.bad_count.ptr(),
+                    first_bad_row: self.first_bad.ptr(),
+                    p,
+                }
+                .launch(dev, row_grid)?;
             }
         }
         Ok(())
@@ -521,37 +522,71 @@ impl DeviceHead {
         self.grad_f16 = f16;
         dev.write(&mut self.grad_bad, &[0, u32::MAX])?;
         let dst = match &grad {
-            GradDst::F16(g16) => g16.arg(),
-            GradDst::F32(g32) => g32.arg(),
-            GradDst::InPlace => logits.arg(),
+            GradDst::F16(g16) => GradPtr::F16(g16.ptr()),
+            GradDst::F32(g32) => GradPtr::F32(g32.ptr()),
+            GradDst::InPlace => GradPtr::F16(logits.ptr()),
         };
+        // f16 and f32 gradients: the same signature but for the gradient's element type.
+        macro_rules! policy_grad {
+            ($k:ident, $dlogits:expr) => {
+                kernels::$k {
+                    logits: logits.ptr(),
+                    targets: self.targets.ptr(),
+                    row_resp: self.row_resp.ptr(),
+                    resp_len: self.resp_len.ptr(),
+                    adv: self.adv.ptr(),
+                    logp: self.logp.ptr(),
+                    entropy: self.entropy.ptr(),
+                    lse: self.lse.ptr(),
+                    old_logp: Ptr::opt(self.old_logp.as_ref()),
+                    ref_logp: Ptr::opt(self.ref_logp.as_ref()),
+                    t: ti,
+                    v: vi,
+                    dlogits: $dlogits,
+                    token_loss: self.token_loss.ptr(),
+                    grad_bad: self.grad_bad.ptr(),
+                    p,
+                }
+                .launch(dev, row_grid)
+            };
+        }
+        macro_rules! fused {
+            ($k:ident, $dlogits:expr, $cache:expr) => {
+                kernels::$k {
+                    logits: logits.ptr(),
+                    targets: self.targets.ptr(),
+                    row_resp: self.row_resp.ptr(),
+                    resp_len: self.resp_len.ptr(),
+                    adv: self.adv.ptr(),
+                    old_logp: Ptr::opt(self.old_logp.as_ref()),
+                    ref_logp: Ptr::opt(self.ref_logp.as_ref()),
+                    t: ti,
+                    v: vi,
+                    row_cache_bytes: $cache,
+                    dlogits: $dlogits,
+                    logp: self.logp.ptr(),
+                    entropy: self.entropy.ptr(),
+                    lse: self.lse.ptr(),
+                    token_loss: self.token_loss.ptr(),
+                    bad_count: self.bad_count.ptr(),
+                    first_bad_row: self.first_bad.ptr(),
+                    grad_bad: self.grad_bad.ptr(),
+                    p,
+                }
+                .launch(
+                    dev,
+                    LaunchCfg {
+                        smem: $cache,
+                        ..row_grid
+                    },
+                )
+            };
+        }
         match plan.backward {
-            BackwardPlan::Separate => dev.launch(
-                if f16 {
-                    "policy_grad_f16_v1"
-                } else {
-                    "policy_grad_f32_v1"
-                },
-                row_grid,
-                &[
-                    logits.arg(),
-                    self.targets.arg(),
-                    self.row_resp.arg(),
-                    self.resp_len.arg(),
-                    self.adv.arg(),
-                    self.logp.arg(),
-                    self.entropy.arg(),
-                    self.lse.arg(),
-                    opt(&self.old_logp),
-                    opt(&self.ref_logp),
-                    Arg::I32(ti),
-                    Arg::I32(vi),
-                    dst,
-                    self.token_loss.arg(),
-                    self.grad_bad.arg(),
-                    Arg::Params(p),
-                ],
-            )?,
+            BackwardPlan::Separate => match dst {
+                GradPtr::F16(d) => policy_grad!(PolicyGradF16V1, d),
+                GradPtr::F32(d) => policy_grad!(PolicyGradF32V1, d),
+            }?,
             BackwardPlan::Fused { row_cache } => {
                 // The cache holds the row plus 8 halves of alignment slack, rounded to 16 bytes.
                 let need = (2 * (self.v as u64 + 8)).div_ceil(16) * 16;
@@ -560,55 +595,27 @@ impl DeviceHead {
                 } else {
                     0
                 };
-                dev.launch(
-                    if f16 {
-                        "loss_head_fused_f16_v1"
-                    } else {
-                        "loss_head_fused_f32_v1"
-                    },
-                    LaunchCfg {
-                        smem: cache,
-                        ..row_grid
-                    },
-                    &[
-                        logits.arg(),
-                        self.targets.arg(),
-                        self.row_resp.arg(),
-                        self.resp_len.arg(),
-                        self.adv.arg(),
-                        opt(&self.old_logp),
-                        opt(&self.ref_logp),
-                        Arg::I32(ti),
-                        Arg::I32(vi),
-                        Arg::U32(cache),
-                        dst,
-                        self.logp.arg(),
-                        self.entropy.arg(),
-                        self.lse.arg(),
-                        self.token_loss.arg(),
-                        self.bad_count.arg(),
-                        self.first_bad.arg(),
-                        self.grad_bad.arg(),
-                        Arg::Params(p),
-                    ],
-                )?;
+                match dst {
+                    GradPtr::F16(d) => fused!(LossHeadFusedF16V1, d, cache),
+                    GradPtr::F32(d) => fused!(LossHeadFusedF32V1, d, cache),
+                }?;
             }
         }
-        dev.launch(
-            "loss_reduce_v1",
+        kernels::LossReduceV1 {
+            token_loss: self.token_loss.ptr(),
+            row_resp: self.row_resp.ptr(),
+            resp_len: self.resp_len.ptr(),
+            t: ti,
+            loss: self.loss.ptr(),
+            p,
+        }
+        .launch(
+            dev,
             LaunchCfg {
                 grid: 1,
                 block: b,
                 smem: 0,
             },
-            &[
-                self.token_loss.arg(),
-                self.row_resp.arg(),
-                self.resp_len.arg(),
-                Arg::I32(ti),
-                self.loss.arg(),
-                Arg::Params(p),
-            ],
         )
     }
 
