@@ -1,8 +1,9 @@
 //! The `aem` command line.
 
-use aem::head::file::{self, Backend, GradDtype};
+use aem::device::Backend;
+use aem::head::file::{self, GradDtype};
 use aem::head::{Aggregation, HeadConfig};
-use aem::train::config::Backend as TrainBackend;
+use aem::train::config::parse_backend;
 use aem::train::policy::open_backend;
 use aem::train::run::requested_backend;
 use aem::train::{train_with, RunOptions, TrainConfig, TrainError};
@@ -219,7 +220,7 @@ fn train_cmd(a: TrainArgs) -> Result<(), TrainError> {
     };
     if a.resume.is_some() {
         // With --resume, --backend overrides the run's recorded backend.
-        opts.backend = a.backend.as_deref().map(TrainBackend::parse).transpose()?;
+        opts.backend = a.backend.as_deref().map(parse_backend).transpose()?;
     }
     let cfg = if a.resume.is_some() {
         let given = a.config_flags();
@@ -300,10 +301,9 @@ struct EvalArgs {
     /// Also write the rows as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Where the policy samples: auto (GPU 0 when one is found, else cpu) | cpu | emu | cuda.
-    /// Any backend reads any run's checkpoint.
-    #[arg(long, default_value = "auto")]
-    backend: String,
+    /// Where the policy samples (any backend reads any run's checkpoint).
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    backend: Backend,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -352,12 +352,7 @@ fn eval_cmd(a: EvalArgs) -> Result<(), TrainError> {
     {
         pb.set_style(style);
     }
-    let backend = TrainBackend::parse(&a.backend).map_err(|_| {
-        TrainError::Config(format!(
-            "--backend {}: must be auto, cpu, emu or cuda",
-            a.backend
-        ))
-    })?;
+    let backend = a.backend;
     let opened = open_backend(backend)?;
     let rows = aem::train::eval::eval_checkpoint(
         &cfg,
@@ -417,8 +412,8 @@ struct ModelForwardArgs {
     /// Output safetensors file with `logits` (B, T, V) F32 (written atomically).
     #[arg(long)]
     output: PathBuf,
-    #[arg(long, value_enum, default_value = "cpu")]
-    backend: BackendArg,
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    backend: Backend,
 }
 
 fn model(cmd: ModelCmd) -> aem::Result<()> {
@@ -438,13 +433,8 @@ fn model(cmd: ModelCmd) -> aem::Result<()> {
             );
         }
         ModelCmd::Forward(a) => {
-            let backend = match a.backend {
-                BackendArg::Cpu => file::Backend::Cpu,
-                BackendArg::Emu => file::Backend::Emu,
-                BackendArg::Cuda => file::Backend::Cuda,
-            };
             aem::io::check_output(&a.output, &[&a.checkpoint, &a.input])?;
-            let (b, t, v) = file::forward(&a.checkpoint, &a.input, &a.output, backend)?;
+            let (b, t, v) = file::forward(&a.checkpoint, &a.input, &a.output, a.backend)?;
             eprintln!(
                 "aem model forward: B={b} T={t} V={v} -> {}",
                 a.output.display()
@@ -490,16 +480,6 @@ fn demo_input(a: DemoArgs) -> aem::Result<()> {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum BackendArg {
-    /// The CPU reference (`aem head`: f64) or the CPU path (`aem model`).
-    Cpu,
-    /// The CUDA kernels on the CPU emulator.
-    Emu,
-    /// The CUDA kernels on GPU 0.
-    Cuda,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
 enum DtypeArg {
     F16,
     F32,
@@ -514,8 +494,8 @@ struct HeadArgs {
     /// Output file (written atomically).
     #[arg(long)]
     output: PathBuf,
-    #[arg(long, value_enum, default_value = "cpu")]
-    backend: BackendArg,
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    backend: Backend,
     /// Sampling temperature τ.
     #[arg(long, default_value_t = 1.0)]
     temperature: f32,
@@ -574,11 +554,7 @@ fn head(a: HeadArgs) -> aem::Result<()> {
         norm_const: a.norm_const,
         grad_scale: a.grad_scale,
     };
-    let backend = match a.backend {
-        BackendArg::Cpu => Backend::Cpu,
-        BackendArg::Emu => Backend::Emu,
-        BackendArg::Cuda => Backend::Cuda,
-    };
+    let backend = a.backend;
     let dtype = match a.grad_dtype {
         DtypeArg::F16 => GradDtype::F16,
         DtypeArg::F32 => GradDtype::F32,

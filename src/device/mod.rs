@@ -440,6 +440,71 @@ pub struct LaunchCfg {
     pub smem: u32,
 }
 
+/// Where a computation runs: the one backend choice of `aem head`, `aem model`, `aem train`,
+/// `aem eval` and the library.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Backend {
+    /// GPU 0 when one opens, else the CPU path.
+    #[default]
+    Auto,
+    /// The CPU path: the loss head's reference (f64), the model's `Gpt<f16>`.
+    Cpu,
+    /// The CUDA kernels on the CPU emulator (checks the launch code; slower than `cpu`).
+    Emu,
+    /// The CUDA kernels on GPU 0.
+    Cuda,
+}
+
+impl Backend {
+    /// The value in configs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Cpu => "cpu",
+            Backend::Emu => "emu",
+            Backend::Cuda => "cuda",
+        }
+    }
+
+    /// Parses [`Self::name`]; the error says what is allowed.
+    pub fn parse(s: &str) -> std::result::Result<Self, &'static str> {
+        [Backend::Auto, Backend::Cpu, Backend::Emu, Backend::Cuda]
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or("must be auto, cpu, emu or cuda")
+    }
+
+    /// Opens the backend: `cpu` needs nothing, `emu` starts the emulator, `cuda` GPU 0 (a
+    /// typed error naming the reason when there is none), and `auto` GPU 0 when one opens, else
+    /// the CPU path (saying why).
+    pub fn open(self) -> Result<Opened> {
+        let (backend, device, note) = match self {
+            Backend::Cpu => (self, None, None),
+            Backend::Emu => (self, Some(Device::emu()?), None),
+            Backend::Cuda => (self, Some(Device::cuda(0)?), None),
+            Backend::Auto => match Device::cuda(0) {
+                Ok(d) => (Backend::Cuda, Some(d), None),
+                Err(e) => (Backend::Cpu, None, Some(format!("auto: {e}"))),
+            },
+        };
+        Ok(Opened {
+            backend,
+            device,
+            note,
+        })
+    }
+}
+
+/// A backend resolved and opened: `auto` became `cpu` or `cuda`.
+pub struct Opened {
+    /// The backend that runs (never `Auto`).
+    pub backend: Backend,
+    /// The device of `emu` and `cuda`; None for `cpu`.
+    pub device: Option<Device>,
+    /// Why `auto` chose the CPU path (no usable GPU), for the user.
+    pub note: Option<String>,
+}
+
 /// Which executor a [`Device`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -16,17 +16,7 @@ use half::f16;
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Which executor computes the head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Backend {
-    /// The CPU reference (f64 accumulation).
-    #[default]
-    Cpu,
-    /// The CUDA kernels on the CPU emulator.
-    Emu,
-    /// The CUDA kernels on GPU 0.
-    Cuda,
-}
+pub use crate::device::Backend;
 
 /// The tensors of one head computation, owned (what a file holds).
 #[derive(Debug, Clone, PartialEq)]
@@ -141,14 +131,9 @@ pub fn compute(
 ) -> Result<HeadResult> {
     let inp = data.inputs();
     let plan = super::launch::Plan::default();
-    match backend {
-        Backend::Emu => {
-            super::launch::loss_head(&crate::device::Device::emu()?, &inp, cfg, dtype, &plan)
-        }
-        Backend::Cuda => {
-            super::launch::loss_head(&crate::device::Device::cuda(0)?, &inp, cfg, dtype, &plan)
-        }
-        Backend::Cpu => {
+    match backend.open()?.device {
+        Some(dev) => super::launch::loss_head(&dev, &inp, cfg, dtype, &plan),
+        None => {
             let (fwd, loss, dlogits) = match dtype {
                 GradDtype::F16 => {
                     let o = cpu::loss_head::<f64, f16>(&inp, cfg)?;

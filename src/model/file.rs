@@ -16,21 +16,10 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 
 use super::{load_checkpoint, save_checkpoint, AdamW, AdamWConfig, DeviceGpt, Gpt, GptConfig};
-use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::io::{write_tensors, OutTensor, TensorFile};
 
-/// Which executor runs the forward pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Backend {
-    /// The CPU path (`Gpt<f16>`).
-    #[default]
-    Cpu,
-    /// The device path on the CPU emulator.
-    Emu,
-    /// The device path on GPU 0.
-    Cuda,
-}
+pub use crate::device::Backend;
 
 fn file_err(path: &Path, reason: impl Into<String>) -> Error {
     Error::File {
@@ -113,16 +102,9 @@ pub fn forward(
     let in_err = |e: super::ModelError| file_err(input, format!("tokens: {e}"));
     // The CPU path's checks, on every backend, so a bad file names the input.
     super::gpt::check_tokens(model.config(), "forward", &tokens.data, b, t).map_err(in_err)?;
-    let logits = match backend {
-        Backend::Cpu => model.forward(&tokens.data, b, t).map_err(in_err)?.to_vec(),
-        Backend::Emu | Backend::Cuda => {
-            let dev = if backend == Backend::Emu {
-                Device::emu()?
-            } else {
-                Device::cuda(0)?
-            };
-            DeviceGpt::from_cpu(&dev, &model)?.forward(&tokens.data, b, t)?
-        }
+    let logits = match backend.open()?.device {
+        None => model.forward(&tokens.data, b, t).map_err(in_err)?.to_vec(),
+        Some(dev) => DeviceGpt::from_cpu(&dev, &model)?.forward(&tokens.data, b, t)?,
     };
     // Finite weights can still overflow (f16 extremes through the GEMMs): never write inf/NaN.
     if let Some(i) = logits.iter().position(|x| !x.is_finite()) {

@@ -242,39 +242,11 @@ impl Default for RunConfig {
     }
 }
 
-/// The execution backend of the trainer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// `cuda` when GPU 0 opens, else `cpu` (resolved when the run starts).
-    Auto,
-    /// The CPU path: `Gpt<f16>` and the loss head's CPU reference.
-    Cpu,
-    /// The device path on the CPU emulator.
-    Emu,
-    /// The device path on GPU 0.
-    Cuda,
-}
+pub use crate::device::Backend;
 
-impl Backend {
-    pub fn parse(s: &str) -> Result<Self, TrainError> {
-        match s {
-            "auto" => Ok(Backend::Auto),
-            "cpu" => Ok(Backend::Cpu),
-            "emu" => Ok(Backend::Emu),
-            "cuda" => Ok(Backend::Cuda),
-            _ => Err(bad("run.backend", s, "must be auto, cpu, emu or cuda")),
-        }
-    }
-
-    /// The config value.
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Auto => "auto",
-            Backend::Cpu => "cpu",
-            Backend::Emu => "emu",
-            Backend::Cuda => "cuda",
-        }
-    }
+/// `run.backend` (or `--backend`) as a [`Backend`].
+pub fn parse_backend(s: &str) -> Result<Backend, TrainError> {
+    Backend::parse(s).map_err(|why| bad("run.backend", s, why))
 }
 
 /// The base advantage estimator.
@@ -407,7 +379,7 @@ impl TrainConfig {
 
     /// Checks every field's domain and parses the enum-valued strings.
     pub fn validate(&self) -> Result<Resolved, TrainError> {
-        let backend = Backend::parse(&self.run.backend)?;
+        let backend = parse_backend(&self.run.backend)?;
         let advantage = AdvantageKind::parse(&self.algo.advantage)?;
         let gigpo_episode = match self.algo.gigpo_episode.as_str() {
             "dr-grpo" => Outcome::DrGrpo,

@@ -477,52 +477,12 @@ fn device_to_cpu(m: &DeviceGpt) -> Result<(Gpt<f16>, AdamW), TrainError> {
     Ok((model, optim))
 }
 
-/// A backend resolved and opened: `auto` became `cpu` or `cuda`.
-pub struct Opened {
-    /// The backend that runs (never `Auto`).
-    pub backend: Backend,
-    /// The device of `emu` and `cuda`; None for `cpu`.
-    pub device: Option<Device>,
-    /// Why `auto` chose the CPU path (no usable GPU), for the user.
-    pub note: Option<String>,
-}
+pub use crate::device::Opened;
 
-/// Opens `b`: `cpu` needs nothing, `emu` starts the emulator, `cuda` GPU 0 (a one-line error
-/// naming the reason when there is none), and `auto` GPU 0 when one is found, else the CPU path.
+/// Opens `b` ([`Backend::open`]); a backend that cannot be opened is a one-line error naming it.
 pub fn open_backend(b: Backend) -> Result<Opened, TrainError> {
-    let fail = |backend: &'static str| {
-        move |e: crate::Error| TrainError::Backend {
-            backend,
-            why: e.to_string(),
-        }
-    };
-    match b {
-        Backend::Cpu => Ok(Opened {
-            backend: b,
-            device: None,
-            note: None,
-        }),
-        Backend::Emu => Ok(Opened {
-            backend: b,
-            device: Some(Device::emu().map_err(fail("emu"))?),
-            note: None,
-        }),
-        Backend::Cuda => Ok(Opened {
-            backend: b,
-            device: Some(Device::cuda(0).map_err(fail("cuda"))?),
-            note: None,
-        }),
-        Backend::Auto => match Device::cuda(0) {
-            Ok(d) => Ok(Opened {
-                backend: Backend::Cuda,
-                device: Some(d),
-                note: None,
-            }),
-            Err(e) => Ok(Opened {
-                backend: Backend::Cpu,
-                device: None,
-                note: Some(format!("auto: {e}")),
-            }),
-        },
-    }
+    b.open().map_err(|e| TrainError::Backend {
+        backend: b.name(),
+        why: e.to_string(),
+    })
 }

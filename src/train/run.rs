@@ -72,7 +72,7 @@ pub fn requested_backend(cfg: &TrainConfig, opts: &RunOptions) -> Result<Backend
             if !cpath.exists() {
                 return Err(nothing_to_resume(dir));
             }
-            Backend::parse(&TrainConfig::from_toml_file(&cpath)?.run.backend)
+            super::config::parse_backend(&TrainConfig::from_toml_file(&cpath)?.run.backend)
         }
         None => Ok(cfg.validate()?.backend),
     }
