@@ -408,3 +408,44 @@ impl Env for FogLake {
         }
     }
 }
+
+/// FogLake in the env registry ([`super::EnvKind`]).
+pub struct Kind;
+
+impl super::EnvKind for Kind {
+    type Params = Params;
+    type Task = Task;
+    const NAME: &'static str = "foglake";
+    fn vocab() -> &'static Vocab {
+        &VOCAB
+    }
+    fn grammar() -> &'static Grammar {
+        grammar()
+    }
+    fn generate(p: &Params, rng: &mut rand_chacha::ChaCha8Rng) -> Result<Task, EnvError> {
+        generate(p, rng)
+    }
+    fn canonical(t: &Task) -> String {
+        t.canonical()
+    }
+    fn env(t: &Task) -> Box<dyn Env> {
+        Box::new(FogLake::new(t.clone()))
+    }
+    fn levels() -> Vec<(&'static str, &'static str, Params)> {
+        vec![
+            (
+                "foglake-proto",
+                "the FogLake configuration that learned in the prototype (training level): \
+                    5x5, holes p=0.2, start-goal distance 3-4, 5 turns, relative goal + 3x3 view; \
+                    random valid 6.4%, full-map oracle 100%",
+                Params::proto(),
+            ),
+            (
+                "foglake-hard",
+                "FogLake OOD level: 7x7, distance 4-6, 6 turns, goal offset hidden until seen; \
+                    random valid 1.7%, full-map oracle 100%",
+                Params::hard(),
+            ),
+        ]
+    }
+}

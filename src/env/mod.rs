@@ -401,28 +401,6 @@ pub enum Split {
     Test,
 }
 
-/// Parameters of a level, per env.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Level {
-    /// A FogLake level.
-    FogLake(foglake::Params),
-    /// A KeyRooms level.
-    KeyRooms(keyrooms::Params),
-    /// A TinyShop level.
-    TinyShop(tinyshop::Params),
-}
-
-/// One task instance (generated from a level and a seed).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Task {
-    /// A FogLake map.
-    FogLake(foglake::Task),
-    /// A KeyRooms world.
-    KeyRooms(keyrooms::Task),
-    /// A TinyShop catalogue.
-    TinyShop(tinyshop::Task),
-}
-
 /// 64-bit FNV-1a: a stable hash (unlike `std`'s, fixed across Rust versions).
 pub fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -431,45 +409,6 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
-}
-
-impl Task {
-    /// A canonical text of the whole instance (equal instances give equal text).
-    pub fn canonical(&self) -> String {
-        match self {
-            Task::FogLake(t) => t.canonical(),
-            Task::KeyRooms(t) => t.canonical(),
-            Task::TinyShop(t) => t.canonical(),
-        }
-    }
-
-    /// FNV-1a of [`Self::canonical`].
-    pub fn hash(&self) -> u64 {
-        fnv1a(self.canonical().as_bytes())
-    }
-
-    /// The split this instance belongs to (see the module docs).
-    pub fn split(&self) -> Split {
-        match self {
-            Task::KeyRooms(t) => t.split(),
-            _ => {
-                if self.hash().is_multiple_of(5) {
-                    Split::Test
-                } else {
-                    Split::Train
-                }
-            }
-        }
-    }
-
-    /// A fresh env in the task's initial state.
-    pub fn env(&self) -> Box<dyn Env> {
-        match self {
-            Task::FogLake(t) => Box::new(foglake::FogLake::new(t.clone())),
-            Task::KeyRooms(t) => Box::new(keyrooms::KeyRooms::new(t.clone())),
-            Task::TinyShop(t) => Box::new(tinyshop::TinyShop::new(t.clone())),
-        }
-    }
 }
 
 /// A level with its name.
@@ -483,45 +422,120 @@ pub struct NamedLevel {
     pub level: Level,
 }
 
-/// All named levels. Rates: uniformly random valid policy under the admissible mask (see
-/// [`grammar`]), 8000 training tasks, as measured by `tests/env_rates.rs`.
-pub fn levels() -> Vec<NamedLevel> {
-    vec![
-        NamedLevel {
-            name: "foglake-proto",
-            about: "the FogLake configuration that learned in the prototype (training level): \
-                    5x5, holes p=0.2, start-goal distance 3-4, 5 turns, relative goal + 3x3 view; \
-                    random valid 6.4%, full-map oracle 100%",
-            level: Level::FogLake(foglake::Params::proto()),
-        },
-        NamedLevel {
-            name: "foglake-hard",
-            about: "FogLake OOD level: 7x7, distance 4-6, 6 turns, goal offset hidden until seen; \
-                    random valid 1.7%, full-map oracle 100%",
-            level: Level::FogLake(foglake::Params::hard()),
-        },
-        NamedLevel {
-            name: "keyrooms-train",
-            about: "KeyRooms training level: 2 rooms, 3 containers, 2 objects, 6 turns; random valid 9.1%",
-            level: Level::KeyRooms(keyrooms::Params::train()),
-        },
-        NamedLevel {
-            name: "keyrooms-hard",
-            about: "KeyRooms OOD level: 3 rooms, 4 containers, 3 objects, a locked door, 8 turns; \
-                    random valid 1.5%",
-            level: Level::KeyRooms(keyrooms::Params::hard()),
-        },
-        NamedLevel {
-            name: "tinyshop-train",
-            about: "TinyShop training level: 8 items, no size step, 10 turns; random valid 8.1%",
-            level: Level::TinyShop(tinyshop::Params::train()),
-        },
-        NamedLevel {
-            name: "tinyshop-hard",
-            about: "TinyShop OOD level: 6 items, a size to select, 12 turns; random valid 1.6%",
-            level: Level::TinyShop(tinyshop::Params::hard()),
-        },
-    ]
+/// One environment family, as the registry needs it: its tables, its generator, its tasks'
+/// identity and split, and its named levels. A new environment is one file implementing this
+/// and one line in [`registry!`].
+pub trait EnvKind {
+    /// Level parameters.
+    type Params: Clone + PartialEq + std::fmt::Debug;
+    /// One generated instance.
+    type Task: Clone + PartialEq + Eq + std::fmt::Debug;
+    /// The env's name (`foglake`).
+    const NAME: &'static str;
+    /// The token table.
+    fn vocab() -> &'static Vocab;
+    /// The response grammar.
+    fn grammar() -> &'static Grammar;
+    /// The instance a seeded RNG draws (either split).
+    fn generate(p: &Self::Params, rng: &mut ChaCha8Rng) -> Result<Self::Task, EnvError>;
+    /// A canonical text of the whole instance (equal instances give equal text).
+    fn canonical(t: &Self::Task) -> String;
+    /// The split fixed by the instance's content, or `None` for the default rule (canonical
+    /// hash mod 5 == 0 is test).
+    fn split(_t: &Self::Task) -> Option<Split> {
+        None
+    }
+    /// A fresh env in the task's initial state.
+    fn env(t: &Self::Task) -> Box<dyn Env>;
+    /// The named levels: (name, what it is for, parameters).
+    fn levels() -> Vec<(&'static str, &'static str, Self::Params)>;
+}
+
+/// The registered environments: makes [`Level`] and [`Task`] (one variant per env) and their
+/// dispatch to each env's [`EnvKind`].
+macro_rules! registry {
+    ($($variant:ident => $kind:ty),* $(,)?) => {
+        /// Parameters of a level, per env.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Level {
+            $(#[doc = concat!("A level of `", stringify!($kind), "`.")]
+            $variant(<$kind as EnvKind>::Params),)*
+        }
+
+        /// One task instance (generated from a level and a seed).
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum Task {
+            $(#[doc = concat!("An instance of `", stringify!($kind), "`.")]
+            $variant(<$kind as EnvKind>::Task),)*
+        }
+
+        /// All named levels of every env. Rates in their descriptions: the uniformly random
+        /// valid policy under the admissible mask (see [`grammar`]), 8000 training tasks, as
+        /// measured by `tests/env_rates.rs`.
+        pub fn levels() -> Vec<NamedLevel> {
+            let mut out = Vec::new();
+            $(
+                for (name, about, p) in <$kind as EnvKind>::levels() {
+                    out.push(NamedLevel { name, about, level: Level::$variant(p) });
+                }
+            )*
+            out
+        }
+
+        impl Level {
+            /// The env's name.
+            pub fn env_name(&self) -> &'static str {
+                match self { $(Level::$variant(_) => <$kind as EnvKind>::NAME,)* }
+            }
+
+            /// The env's token table.
+            pub fn vocab(&self) -> &'static Vocab {
+                match self { $(Level::$variant(_) => <$kind as EnvKind>::vocab(),)* }
+            }
+
+            /// The env's response grammar.
+            pub fn grammar(&self) -> &'static Grammar {
+                match self { $(Level::$variant(_) => <$kind as EnvKind>::grammar(),)* }
+            }
+
+            /// The instance for `seed`, of either split (deterministic).
+            pub fn generate(&self, seed: u64) -> Result<Task, EnvError> {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                Ok(match self {
+                    $(Level::$variant(p) => Task::$variant(<$kind as EnvKind>::generate(p, &mut rng)?),)*
+                })
+            }
+        }
+
+        impl Task {
+            /// A canonical text of the whole instance (equal instances give equal text).
+            pub fn canonical(&self) -> String {
+                match self { $(Task::$variant(t) => <$kind as EnvKind>::canonical(t),)* }
+            }
+
+            /// FNV-1a of [`Self::canonical`].
+            pub fn hash(&self) -> u64 {
+                fnv1a(self.canonical().as_bytes())
+            }
+
+            /// The split this instance belongs to (see the module docs).
+            pub fn split(&self) -> Split {
+                let own = match self { $(Task::$variant(t) => <$kind as EnvKind>::split(t),)* };
+                own.unwrap_or(if self.hash().is_multiple_of(5) { Split::Test } else { Split::Train })
+            }
+
+            /// A fresh env in the task's initial state.
+            pub fn env(&self) -> Box<dyn Env> {
+                match self { $(Task::$variant(t) => <$kind as EnvKind>::env(t),)* }
+            }
+        }
+    };
+}
+
+registry! {
+    FogLake => foglake::Kind,
+    KeyRooms => keyrooms::Kind,
+    TinyShop => tinyshop::Kind,
 }
 
 /// A named level by name (`foglake-train` is an alias of `foglake-proto`).
@@ -536,45 +550,6 @@ pub fn level(name: &str) -> Result<Level, EnvError> {
         .find(|l| l.name == name)
         .map(|l| l.level)
         .ok_or_else(|| EnvError::UnknownLevel(name.to_string()))
-}
-
-impl Level {
-    /// The env's name.
-    pub fn env_name(&self) -> &'static str {
-        match self {
-            Level::FogLake(_) => "foglake",
-            Level::KeyRooms(_) => "keyrooms",
-            Level::TinyShop(_) => "tinyshop",
-        }
-    }
-
-    /// The env's token table.
-    pub fn vocab(&self) -> &'static Vocab {
-        match self {
-            Level::FogLake(_) => &foglake::VOCAB,
-            Level::KeyRooms(_) => &keyrooms::VOCAB,
-            Level::TinyShop(_) => &tinyshop::VOCAB,
-        }
-    }
-
-    /// The env's response grammar.
-    pub fn grammar(&self) -> &'static Grammar {
-        match self {
-            Level::FogLake(_) => foglake::grammar(),
-            Level::KeyRooms(_) => keyrooms::grammar(),
-            Level::TinyShop(_) => tinyshop::grammar(),
-        }
-    }
-
-    /// The instance for `seed`, of either split (deterministic).
-    pub fn generate(&self, seed: u64) -> Result<Task, EnvError> {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        Ok(match self {
-            Level::FogLake(p) => Task::FogLake(foglake::generate(p, &mut rng)?),
-            Level::KeyRooms(p) => Task::KeyRooms(keyrooms::generate(p, &mut rng)?),
-            Level::TinyShop(p) => Task::TinyShop(tinyshop::generate(p, &mut rng)?),
-        })
-    }
 }
 
 /// Mixes a seed stream id and an index into one seed (splitmix64 finaliser).
