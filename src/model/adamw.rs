@@ -63,6 +63,45 @@ impl AdamWConfig {
     }
 }
 
+impl AdamWConfig {
+    /// The weight decay of tensor `id`: `weight_decay` where [`ParamId::decays`], else 0.
+    pub(crate) fn decay(&self, id: ParamId) -> f32 {
+        if id.decays() {
+            self.weight_decay
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The per-step constants of an AdamW update, shared by the CPU step and the device kernel.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct StepConsts {
+    /// Gradient scale of the global-norm clip (1 when not clipping).
+    pub scale: f32,
+    /// Bias correction of the first moment, `1 − β1ᵗ`.
+    pub c1: f32,
+    /// Bias correction of the second moment, `1 − β2ᵗ`.
+    pub c2: f32,
+}
+
+/// Begins a step: advances the step count `t` and returns the step's constants for the global
+/// gradient norm `norm` (before clipping).
+pub(crate) fn begin_step(cfg: &AdamWConfig, t: &mut u64, norm: f32) -> StepConsts {
+    let scale = match cfg.grad_clip {
+        Some(c) if norm > c => c / (norm + 1e-6),
+        _ => 1.0,
+    };
+    *t += 1;
+    // Past 2^31 steps β^t has long underflowed to 0; saturating keeps it there.
+    let e = i32::try_from(*t).unwrap_or(i32::MAX);
+    StepConsts {
+        scale,
+        c1: 1.0 - cfg.beta1.powi(e),
+        c2: 1.0 - cfg.beta2.powi(e),
+    }
+}
+
 /// AdamW state for one model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdamW {
@@ -94,15 +133,20 @@ impl AdamW {
         })
     }
 
-    /// One update from the model's accumulated gradients; writes the rounded master weights back
-    /// into the model. Returns the global gradient norm before clipping.
-    pub fn step<E: Elem>(&mut self, model: &mut Gpt<E>) -> Result<f32> {
-        let p = model.num_params();
+    /// Checks that the state holds `p` parameters (master weights and both moments).
+    pub(crate) fn check_len(&self, p: usize) -> Result<()> {
         for got in [self.master.len(), self.m.len(), self.v.len()] {
             if got != p {
                 return Err(ModelError::OptimMismatch { expected: p, got });
             }
         }
+        Ok(())
+    }
+
+    /// One update from the model's accumulated gradients; writes the rounded master weights back
+    /// into the model. Returns the global gradient norm before clipping.
+    pub fn step<E: Elem>(&mut self, model: &mut Gpt<E>) -> Result<f32> {
+        self.check_len(model.num_params())?;
         self.cfg.validate()?;
         let norm = model
             .grads()
@@ -110,27 +154,20 @@ impl AdamW {
             .map(|&g| f64::from(g) * f64::from(g))
             .sum::<f64>()
             .sqrt() as f32;
-        let scale = match self.cfg.grad_clip {
-            Some(c) if norm > c => c / (norm + 1e-6),
-            _ => 1.0,
-        };
-        self.t += 1;
+        let StepConsts { scale, c1, c2 } = begin_step(&self.cfg, &mut self.t, norm);
         let AdamWConfig {
             lr,
             beta1: b1,
             beta2: b2,
             eps,
-            weight_decay,
             ..
         } = self.cfg;
-        let t = i32::try_from(self.t).unwrap_or(i32::MAX);
-        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
         let layout = model.layout().clone();
         let grads = model.grads().to_vec();
         let params = model.params_mut();
         for id in ParamId::ALL {
             let r = layout.range(id);
-            let wd = if id.decays() { weight_decay } else { 0.0 };
+            let wd = self.cfg.decay(id);
             params[r.clone()]
                 .par_chunks_mut(1024)
                 .zip(self.master[r.clone()].par_chunks_mut(1024))

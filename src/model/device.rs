@@ -17,7 +17,7 @@ use half::f16;
 use rand_chacha::ChaCha8Rng;
 
 use super::acts::{Acts, Cache, GradActs};
-use super::adamw::{AdamW, AdamWConfig};
+use super::adamw::{begin_step, AdamW, AdamWConfig, StepConsts};
 use super::exec::{Exec, Heads, Len, Rd, Step, Store, Weights, Wr};
 use super::gpt::check_tokens;
 use super::params::{ParamId, ParamLayout};
@@ -994,12 +994,7 @@ impl<'d> DeviceGpt<'d> {
     /// Uploads a CPU optimizer state (e.g. from a checkpoint).
     pub fn set_optim(&mut self, opt: &AdamW) -> Result<()> {
         opt.cfg.validate()?;
-        let p = self.layout.total();
-        for got in [opt.master.len(), opt.m.len(), opt.v.len()] {
-            if got != p {
-                return Err(ModelError::OptimMismatch { expected: p, got }.into());
-            }
-        }
+        opt.check_len(self.layout.total())?;
         self.optim = Some(DevAdamW {
             cfg: opt.cfg,
             t: opt.t,
@@ -1059,24 +1054,17 @@ impl<'d> DeviceGpt<'d> {
             .map(|&x| f64::from(x))
             .sum::<f64>()
             .sqrt() as f32;
-        let scale = match o.cfg.grad_clip {
-            Some(c) if norm > c => c / (norm + 1e-6),
-            _ => 1.0,
-        };
-        o.t += 1;
+        let StepConsts { scale, c1, c2 } = begin_step(&o.cfg, &mut o.t, norm);
         let AdamWConfig {
             lr,
             beta1: b1,
             beta2: b2,
             eps,
-            weight_decay,
             ..
         } = o.cfg;
-        let t = i32::try_from(o.t).unwrap_or(i32::MAX);
-        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
         for id in ParamId::ALL {
             let r = self.layout.range(id);
-            let wd = if id.decays() { weight_decay } else { 0.0 };
+            let wd = o.cfg.decay(id);
             let len = r.len();
             launch(
                 dev,
