@@ -21,7 +21,7 @@ use super::adamw::{begin_step, AdamW, AdamWConfig, StepConsts};
 use super::exec::{Exec, Heads, Len, Rd, Step, Store, Weights, Wr};
 use super::gpt::check_tokens;
 use super::params::{ParamId, ParamLayout};
-use super::sample::{sample_with, MaskFn, SampleParams, Samples};
+use super::sample::{sample_with, Decode, MaskFn, SampleParams, Samples};
 use super::seq;
 use super::{Gpt, GptConfig, ModelError};
 use crate::device::{Arg, DevBuf, Device, Gemm, LaunchCfg, Trans, View, ViewMut};
@@ -1161,23 +1161,27 @@ impl<'d> DeviceGpt<'d> {
         rng: &mut ChaCha8Rng,
         mask: Option<&mut MaskFn>,
     ) -> Result<Samples> {
-        let mut cache: Option<DevKvCache> = None;
-        sample_with(
-            &self.cfg,
-            prompts,
-            b,
-            p,
-            params,
-            rng,
-            mask,
-            |tokens, pos, logits| {
-                let c = match cache.as_mut() {
-                    Some(c) => c,
-                    None => cache.insert(self.kv_cache(b)?),
-                };
-                self.decode_step(c, tokens, pos, logits)
-            },
-        )
+        sample_with(self, prompts, b, p, params, rng, mask)
+    }
+}
+
+impl Decode for DeviceGpt<'_> {
+    type Cache = DevKvCache;
+    type Error = Error;
+    fn cfg(&self) -> &GptConfig {
+        &self.cfg
+    }
+    fn cache(&self, b: usize) -> Result<DevKvCache> {
+        self.kv_cache(b)
+    }
+    fn step(
+        &self,
+        c: &mut DevKvCache,
+        tokens: &[u32],
+        pos: usize,
+        logits: &mut [f32],
+    ) -> Result<()> {
+        self.decode_step(c, tokens, pos, logits)
     }
 }
 

@@ -78,41 +78,64 @@ impl<E: Elem> Gpt<E> {
         rng: &mut ChaCha8Rng,
         mask: Option<&mut MaskFn>,
     ) -> Result<Samples> {
-        let mut cache: Option<KvCache<E>> = None;
-        sample_with(
-            self.config(),
-            prompts,
-            b,
-            p,
-            params,
-            rng,
-            mask,
-            |tokens, pos, logits| {
-                let c = match cache.as_mut() {
-                    Some(c) => c,
-                    None => cache.insert(KvCache::new(self.config(), b)?),
-                };
-                self.decode_step(c, tokens, pos, logits)
-            },
-        )
+        sample_with(self, prompts, b, p, params, rng, mask)
+    }
+}
+
+/// A model that decodes with a KV cache: what the sampling loop of every backend needs.
+pub(crate) trait Decode {
+    /// The KV cache.
+    type Cache;
+    /// The backend's error.
+    type Error: From<ModelError>;
+    /// The config.
+    fn cfg(&self) -> &GptConfig;
+    /// An empty cache for B sequences.
+    fn cache(&self, b: usize) -> std::result::Result<Self::Cache, Self::Error>;
+    /// One decoding step: tokens (B) at `pos`, logits (B, V) f32 out.
+    fn step(
+        &self,
+        cache: &mut Self::Cache,
+        tokens: &[u32],
+        pos: usize,
+        logits: &mut [f32],
+    ) -> std::result::Result<(), Self::Error>;
+}
+
+impl<E: Elem> Decode for Gpt<E> {
+    type Cache = KvCache<E>;
+    type Error = ModelError;
+    fn cfg(&self) -> &GptConfig {
+        self.config()
+    }
+    fn cache(&self, b: usize) -> Result<KvCache<E>> {
+        KvCache::new(self.config(), b)
+    }
+    fn step(
+        &self,
+        c: &mut KvCache<E>,
+        tokens: &[u32],
+        pos: usize,
+        logits: &mut [f32],
+    ) -> Result<()> {
+        self.decode_step(c, tokens, pos, logits)
     }
 }
 
 /// The sampling loop of every backend: checks the settings and prompts, then for each position
-/// feeds one token per sequence through `step(tokens (B), pos, logits (B, V) f32)` (a decoding
-/// step with a KV cache) and draws the next tokens on the host with [`pick`]. Rows draw from
-/// `rng` in order.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn sample_with<Er: From<ModelError>>(
-    cfg: &GptConfig,
+/// feeds one token per sequence through a decoding step of `model` (its KV cache made at the
+/// first step) and draws the next tokens on the host with [`pick`]. Rows draw from `rng` in
+/// order.
+pub(crate) fn sample_with<D: Decode>(
+    model: &D,
     prompts: &[u32],
     b: usize,
     p: usize,
     params: &SampleParams,
     rng: &mut ChaCha8Rng,
     mut mask: Option<&mut MaskFn>,
-    mut step: impl FnMut(&[u32], usize, &mut [f32]) -> std::result::Result<(), Er>,
-) -> std::result::Result<Samples, Er> {
+) -> std::result::Result<Samples, D::Error> {
+    let cfg = model.cfg();
     let SampleParams {
         max_new,
         temperature,
@@ -153,11 +176,16 @@ pub(crate) fn sample_with<Er: From<ModelError>>(
     let mut valid = vec![true; v];
     let mut z = vec![0.0f32; v];
     let mut step_tokens = vec![0u32; b];
+    let mut cache = None;
     for pos in 0..len.saturating_sub(1) {
         for (st, row) in step_tokens.iter_mut().zip(out.tokens.chunks_exact(len)) {
             *st = row[pos];
         }
-        step(&step_tokens, pos, &mut logits)?;
+        let c = match cache.as_mut() {
+            Some(c) => c,
+            None => cache.insert(model.cache(b)?),
+        };
+        model.step(c, &step_tokens, pos, &mut logits)?;
         if pos + 1 < p {
             continue;
         }
