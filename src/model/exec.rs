@@ -146,6 +146,13 @@ pub struct Weights {
     pub b: ParamId,
 }
 
+impl Weights {
+    /// The pair `(w, b)`.
+    pub const fn new(w: ParamId, b: ParamId) -> Self {
+        Self { w, b }
+    }
+}
+
 /// Shape of an attention op: B sequences of T positions, C channels in NH heads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Heads {

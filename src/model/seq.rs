@@ -33,40 +33,19 @@ use super::params::ParamId;
 use super::{GptConfig, ModelError};
 
 /// `ln_1`: the layernorm before attention.
-pub const LN1: Weights = Weights {
-    w: ParamId::Ln1W,
-    b: ParamId::Ln1B,
-};
+pub const LN1: Weights = Weights::new(ParamId::Ln1W, ParamId::Ln1B);
 /// `attn.c_attn`: the q, k, v projection (C → 3C).
-pub const QKV: Weights = Weights {
-    w: ParamId::QkvW,
-    b: ParamId::QkvB,
-};
+pub const QKV: Weights = Weights::new(ParamId::QkvW, ParamId::QkvB);
 /// `attn.c_proj`: the attention output projection (C → C).
-pub const ATT_PROJ: Weights = Weights {
-    w: ParamId::AttProjW,
-    b: ParamId::AttProjB,
-};
+pub const ATT_PROJ: Weights = Weights::new(ParamId::AttProjW, ParamId::AttProjB);
 /// `ln_2`: the layernorm before the MLP.
-pub const LN2: Weights = Weights {
-    w: ParamId::Ln2W,
-    b: ParamId::Ln2B,
-};
+pub const LN2: Weights = Weights::new(ParamId::Ln2W, ParamId::Ln2B);
 /// `mlp.c_fc`: the MLP up projection (C → 4C).
-pub const FC: Weights = Weights {
-    w: ParamId::FcW,
-    b: ParamId::FcB,
-};
+pub const FC: Weights = Weights::new(ParamId::FcW, ParamId::FcB);
 /// `mlp.c_proj`: the MLP down projection (4C → C).
-pub const FC_PROJ: Weights = Weights {
-    w: ParamId::FcProjW,
-    b: ParamId::FcProjB,
-};
+pub const FC_PROJ: Weights = Weights::new(ParamId::FcProjW, ParamId::FcProjB);
 /// `ln_f`: the final layernorm.
-pub const LNF: Weights = Weights {
-    w: ParamId::LnfW,
-    b: ParamId::LnfB,
-};
+pub const LNF: Weights = Weights::new(ParamId::LnfW, ParamId::LnfB);
 
 /// The forward pass over tokens (B, T) u32 (checked by the caller against the config and
 /// `a`'s (B, T)); fills every activation of `a`, the logits (B, T, V) f32 last.
