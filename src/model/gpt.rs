@@ -7,7 +7,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::acts::{Acts, GradActs};
 use super::cpu::Profile;
-use super::host::{CpuExec, Host};
+use super::host::{self, CpuExec, Host};
 use super::params::{ParamId, ParamLayout};
 use super::seq;
 use super::{Elem, GptConfig, ModelError, Result};
@@ -187,15 +187,7 @@ impl<E: Elem> Gpt<E> {
     /// Backward pass from dlogits (B, T, V) f32 of the last forward; accumulates into the gradients.
     pub fn backward(&mut self, dlogits: &[f32]) -> Result<()> {
         let (a, g) = self.acts.as_mut().ok_or(ModelError::NoForward)?;
-        let dst = g.dlogits.buf_mut(); // (B, T, V) f32
-        if dlogits.len() != dst.len() {
-            return Err(ModelError::Shape {
-                op: "backward",
-                expected: dst.len(),
-                got: dlogits.len(),
-            });
-        }
-        dst.copy_from_slice(dlogits);
+        host::copy("backward", g.dlogits.buf_mut(), dlogits)?;
         let mut x = CpuExec {
             params: &self.params,
             layout: &self.layout,

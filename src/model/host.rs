@@ -61,6 +61,19 @@ fn get_mut<'a, T>(w: Wr<'a, Vec<T>>) -> Result<&'a mut [T]> {
     })
 }
 
+/// dst = src, or a shape error (`op`) if their lengths differ.
+pub(crate) fn copy<T: Copy>(op: &'static str, dst: &mut [T], src: &[T]) -> Result<()> {
+    if dst.len() != src.len() {
+        return Err(ModelError::Shape {
+            op,
+            expected: dst.len(),
+            got: src.len(),
+        });
+    }
+    dst.copy_from_slice(src);
+    Ok(())
+}
+
 /// Splits two disjoint ranges of `buf` into two mutable slices (`a` must end before `b` starts).
 fn two_mut(buf: &mut [f32], a: Range<usize>, b: Range<usize>) -> Result<(&mut [f32], &mut [f32])> {
     if a.end > b.start || b.end > buf.len() {
@@ -126,29 +139,11 @@ impl<E: Elem> Exec for CpuExec<'_, E> {
     type S = Host<E>;
 
     fn write_tokens(&mut self, dst: Wr<'_, Tok<Self>>, src: &[u32]) -> Res<Self> {
-        let dst = get_mut(dst)?;
-        if dst.len() != src.len() {
-            return Err(ModelError::Shape {
-                op: "tokens",
-                expected: dst.len(),
-                got: src.len(),
-            });
-        }
-        dst.copy_from_slice(src);
-        Ok(())
+        copy("tokens", get_mut(dst)?, src)
     }
 
     fn read_f32(&mut self, dst: &mut [f32], src: Rd<'_, F32<Self>>) -> Res<Self> {
-        let src = get(src)?;
-        if dst.len() != src.len() {
-            return Err(ModelError::Shape {
-                op: "read",
-                expected: src.len(),
-                got: dst.len(),
-            });
-        }
-        dst.copy_from_slice(src);
-        Ok(())
+        copy("read", dst, get(src)?)
     }
 
     fn encoder_fwd(
