@@ -154,47 +154,6 @@ impl DevActs {
     }
 }
 
-// ----------------------------------------------------------------------------------------------
-// ops (one function per op of src/model/cpu.rs)
-
-/// out (N, M) f16 = inp (N, K) · w (K, M) + bias (M); `acc` is f32 scratch of ≥ N·M.
-#[allow(clippy::too_many_arguments)]
-fn matmul_forward(
-    dev: &Device,
-    out: View<f16>,
-    inp: View<f16>,
-    w: View<f16>,
-    bias: Option<View<f16>>,
-    acc: &mut DevBuf<f32>,
-    (n, k, m): (usize, usize, usize),
-) -> Result<()> {
-    let g = Gemm {
-        transa: Trans::N,
-        transb: Trans::N,
-        m,
-        n,
-        k,
-        alpha: 1.0,
-        lda: m,
-        ldb: k,
-        beta: 0.0,
-        ldc: m,
-    };
-    dev.gemm(&g, w, inp, acc.view_mut(0..n * m)?)?;
-    launch(
-        dev,
-        "bias_add_cast_v1",
-        n * m,
-        &[
-            out.arg(),
-            acc.arg(),
-            bias.map_or(Arg::Null, |b| b.arg()),
-            Arg::I32(ci("N", n)?),
-            Arg::I32(ci("OC", m)?),
-        ],
-    )
-}
-
 /// dst (n) f32 = src (n) f16.
 fn widen(dev: &Device, dst: &DevBuf<f32>, src: View<f16>) -> Result<()> {
     let n = src.len();
@@ -206,98 +165,6 @@ fn widen(dev: &Device, dst: &DevBuf<f32>, src: View<f16>) -> Result<()> {
         "cast_f16_f32_v1",
         n,
         &[dst.arg(), src.arg(), Arg::I32(ci("widen", n)?)],
-    )
-}
-
-/// Scratch f32 copies for a backward GEMM.
-struct Copies<'a> {
-    w32: &'a mut DevBuf<f32>,
-    x32: &'a mut DevBuf<f32>,
-}
-
-/// out (N, C) f16, mean/rstd (N) f32 = layernorm(inp) with w, b (C).
-#[allow(clippy::too_many_arguments)]
-fn layernorm_forward(
-    dev: &Device,
-    out: View<f16>,
-    mean: View<f32>,
-    rstd: View<f32>,
-    inp: View<f16>,
-    w: View<f16>,
-    b: View<f16>,
-    (n, c): (usize, usize),
-) -> Result<()> {
-    launch(
-        dev,
-        "layernorm_fwd_v1",
-        n,
-        &[
-            out.arg(),
-            mean.arg(),
-            rstd.arg(),
-            inp.arg(),
-            w.arg(),
-            b.arg(),
-            Arg::I32(ci("N", n)?),
-            Arg::I32(ci("C", c)?),
-        ],
-    )
-}
-
-/// dinp (N, C) += layernorm backward; dw, db (C) += their sums over rows.
-#[allow(clippy::too_many_arguments)]
-fn layernorm_backward(
-    dev: &Device,
-    dinp: View<f32>,
-    dw: View<f32>,
-    db: View<f32>,
-    dout: View<f32>,
-    inp: View<f16>,
-    w: View<f16>,
-    (mean, rstd): (View<f32>, View<f32>),
-    (n, c): (usize, usize),
-) -> Result<()> {
-    let (ni, cc) = (Arg::I32(ci("N", n)?), Arg::I32(ci("C", c)?));
-    launch(
-        dev,
-        "layernorm_bwd_v1",
-        n,
-        &[
-            dinp.arg(),
-            dout.arg(),
-            inp.arg(),
-            w.arg(),
-            mean.arg(),
-            rstd.arg(),
-            ni,
-            cc,
-        ],
-    )?;
-    launch(
-        dev,
-        "layernorm_bwd_params_v1",
-        c,
-        &[
-            dw.arg(),
-            db.arg(),
-            dout.arg(),
-            inp.arg(),
-            mean.arg(),
-            rstd.arg(),
-            ni,
-            cc,
-        ],
-    )
-}
-
-/// out = a + b (n elements, f16).
-fn residual_forward(dev: &Device, out: View<f16>, a: View<f16>, b: View<f16>) -> Result<()> {
-    let n = out.len();
-    launch(
-        dev,
-        "residual_fwd_v1",
-        n,
-        &[out.arg(), a.arg(), b.arg(), Arg::I32(ci("residual", n)?)],
     )
 }
 
@@ -377,37 +244,60 @@ impl Exec for DevExec<'_> {
         inp: Rd<'_, DevBuf<f16>>,
         ln: Weights,
         l: usize,
-        dims: (usize, usize),
+        (n, c): (usize, usize),
     ) -> Result<()> {
-        layernorm_forward(
+        launch(
             self.dev,
-            out.view()?,
-            mean.view()?,
-            rstd.view()?,
-            inp.view()?,
-            self.p(ln.w, l)?,
-            self.p(ln.b, l)?,
-            dims,
+            "layernorm_fwd_v1",
+            n,
+            &[
+                out.view()?.arg(),
+                mean.view()?.arg(),
+                rstd.view()?.arg(),
+                inp.view()?.arg(),
+                self.p(ln.w, l)?.arg(),
+                self.p(ln.b, l)?.arg(),
+                Arg::I32(ci("N", n)?),
+                Arg::I32(ci("C", c)?),
+            ],
         )
     }
 
+    /// A GEMM into the f32 scratch, then a kernel adds the bias and rounds to f16.
     fn matmul_fwd(
         &mut self,
         out: Wr<'_, DevBuf<f16>>,
         inp: Rd<'_, DevBuf<f16>>,
         lin: Weights,
         l: usize,
-        dims: (usize, usize, usize),
+        (n, k, m): (usize, usize, usize),
     ) -> Result<()> {
+        let g = Gemm {
+            transa: Trans::N,
+            transb: Trans::N,
+            m,
+            n,
+            k,
+            alpha: 1.0,
+            lda: m,
+            ldb: k,
+            beta: 0.0,
+            ldc: m,
+        };
         let (w, b) = (self.p(lin.w, l)?, self.p(lin.b, l)?);
-        matmul_forward(
+        let acc = &mut self.s.acc;
+        self.dev.gemm(&g, w, inp.view()?, acc.view_mut(0..n * m)?)?;
+        launch(
             self.dev,
-            out.view()?,
-            inp.view()?,
-            w,
-            Some(b),
-            &mut self.s.acc,
-            dims,
+            "bias_add_cast_v1",
+            n * m,
+            &[
+                out.view()?.arg(),
+                acc.arg(),
+                b.arg(),
+                Arg::I32(ci("N", n)?),
+                Arg::I32(ci("OC", m)?),
+            ],
         )
     }
 
@@ -441,7 +331,18 @@ impl Exec for DevExec<'_> {
         a: Rd<'_, DevBuf<f16>>,
         b: Rd<'_, DevBuf<f16>>,
     ) -> Result<()> {
-        residual_forward(self.dev, out.view()?, a.view()?, b.view()?)
+        let n = out.len;
+        launch(
+            self.dev,
+            "residual_fwd_v1",
+            n,
+            &[
+                out.view()?.arg(),
+                a.view()?.arg(),
+                b.view()?.arg(),
+                Arg::I32(ci("residual", n)?),
+            ],
+        )
     }
 
     fn gelu_fwd(&mut self, out: Wr<'_, DevBuf<f16>>, inp: Rd<'_, DevBuf<f16>>) -> Result<()> {
@@ -458,14 +359,27 @@ impl Exec for DevExec<'_> {
         )
     }
 
+    /// `gemm(T, N, m = V, n = N, k = C)`.
     fn logits_fwd(
         &mut self,
         logits: Wr<'_, DevBuf<f32>>,
         inp: Rd<'_, DevBuf<f16>>,
-        dims: (usize, usize, usize),
+        (n, c, v): (usize, usize, usize),
     ) -> Result<()> {
+        let g = Gemm {
+            transa: Trans::T,
+            transb: Trans::N,
+            m: v,
+            n,
+            k: c,
+            alpha: 1.0,
+            lda: c,
+            ldb: c,
+            beta: 0.0,
+            ldc: v,
+        };
         let wte = self.p(ParamId::Wte, 0)?;
-        logits_forward(self.dev, logits.view_mut()?, inp.view()?, wte, dims)
+        self.dev.gemm(&g, wte, inp.view()?, logits.view_mut()?)
     }
 
     fn kv_append(
@@ -595,7 +509,7 @@ impl Exec for DevExec<'_> {
         (mean, rstd): (Rd<'_, DevBuf<f32>>, Rd<'_, DevBuf<f32>>),
         ln: Weights,
         l: usize,
-        dims: (usize, usize),
+        (n, c): (usize, usize),
     ) -> Result<()> {
         let w = self.p(ln.w, l)?;
         let (rw, rb) = (
@@ -604,19 +518,43 @@ impl Exec for DevExec<'_> {
         );
         let dev = self.dev;
         let grads = self.grads()?;
-        layernorm_backward(
+        let (dout, inp, mean, rstd) = (dout.view()?, inp.view()?, mean.view()?, rstd.view()?);
+        let (ni, cc) = (Arg::I32(ci("N", n)?), Arg::I32(ci("C", c)?));
+        launch(
             dev,
-            dinp.view()?,
-            grads.view(rw)?,
-            grads.view(rb)?,
-            dout.view()?,
-            inp.view()?,
-            w,
-            (mean.view()?, rstd.view()?),
-            dims,
+            "layernorm_bwd_v1",
+            n,
+            &[
+                dinp.view()?.arg(),
+                dout.arg(),
+                inp.arg(),
+                w.arg(),
+                mean.arg(),
+                rstd.arg(),
+                ni,
+                cc,
+            ],
+        )?;
+        launch(
+            dev,
+            "layernorm_bwd_params_v1",
+            c,
+            &[
+                grads.view(rw)?.arg(),
+                grads.view(rb)?.arg(),
+                dout.arg(),
+                inp.arg(),
+                mean.arg(),
+                rstd.arg(),
+                ni,
+                cc,
+            ],
         )
     }
 
+    /// Column-major: `dinpᵀ (K×N) = W (K×M) · doutᵀ`, i.e. `gemm(T, N, m = K, n = N, k = M)` on
+    /// the stored `Wᵀ`; `dWᵀ (M×K) = doutᵀ (M×N) · inp (N×K)`, i.e. `gemm(N, T, m = M, n = K,
+    /// k = N)`; both in f32 on f32 copies of the f16 operands.
     fn matmul_bwd(
         &mut self,
         dinp: Wr<'_, DevBuf<f32>>,
@@ -624,28 +562,57 @@ impl Exec for DevExec<'_> {
         inp: Rd<'_, DevBuf<f16>>,
         lin: Weights,
         l: usize,
-        dims: (usize, usize, usize),
+        (n, k, m): (usize, usize, usize),
     ) -> Result<()> {
         let w = self.p(lin.w, l)?;
-        let ranges = (
+        let (rw, rb) = (
             self.layout.layer_range(lin.w, l),
             self.layout.layer_range(lin.b, l),
         );
         let dev = self.dev;
+        let dout = dout.view()?;
+        widen(dev, &self.s.w32, w)?;
+        widen(dev, &self.s.x32, inp.view()?)?;
+        let g = Gemm {
+            transa: Trans::T,
+            transb: Trans::N,
+            m: k,
+            n,
+            k: m,
+            alpha: 1.0,
+            lda: m,
+            ldb: m,
+            beta: 0.0,
+            ldc: k,
+        };
+        dev.gemm(&g, self.s.w32.view(0..k * m)?, dout, dinp.view_mut()?)?;
+        let g = Gemm {
+            transa: Trans::N,
+            transb: Trans::T,
+            m,
+            n: k,
+            k: n,
+            alpha: 1.0,
+            lda: m,
+            ldb: k,
+            beta: 1.0,
+            ldc: m,
+        };
+        let x32 = self.s.x32.view(0..n * k)?;
+        // dW (a GEMM output) needs the buffer mutably; dbias is written by a kernel through a
+        // shared view afterwards, so the two borrows do not overlap.
         let grads = self.grads.as_deref_mut().ok_or(ModelError::NoForward)?;
-        matmul_backward(
+        dev.gemm(&g, dout, x32, grads.view_mut(rw)?)?;
+        launch(
             dev,
-            dinp.view_mut()?,
-            grads,
-            ranges,
-            dout.view()?,
-            inp.view()?,
-            w,
-            Copies {
-                w32: &mut self.s.w32,
-                x32: &mut self.s.x32,
-            },
-            dims,
+            "bias_grad_v1",
+            m,
+            &[
+                grads.view(rb)?.arg(),
+                dout.arg(),
+                Arg::I32(ci("N", n)?),
+                Arg::I32(ci("OC", m)?),
+            ],
         )
     }
 
@@ -1183,89 +1150,4 @@ impl Decode for DeviceGpt<'_> {
     ) -> Result<()> {
         self.decode_step(c, tokens, pos, logits)
     }
-}
-
-/// logits (N, V) f32 = inp (N, C) · wteᵀ: `gemm(T, N, m = V, n = N, k = C)`.
-fn logits_forward(
-    dev: &Device,
-    logits: ViewMut<f32>,
-    inp: View<f16>,
-    wte: View<f16>,
-    (n, c, v): (usize, usize, usize),
-) -> Result<()> {
-    let g = Gemm {
-        transa: Trans::T,
-        transb: Trans::N,
-        m: v,
-        n,
-        k: c,
-        alpha: 1.0,
-        lda: c,
-        ldb: c,
-        beta: 0.0,
-        ldc: v,
-    };
-    dev.gemm(&g, wte, inp, logits)
-}
-
-/// dinp (N, K) = dout · wᵀ (overwritten); dw (K, M) += inpᵀ · dout; dbias (M) += Σ_rows dout,
-/// with dw and dbias at ranges `rw`, `rb` of the gradient buffer.
-///
-/// Column-major: `dinpᵀ (K×N) = W (K×M) · doutᵀ`, i.e. `gemm(T, N, m = K, n = N, k = M)` on the
-/// stored `Wᵀ`; `dWᵀ (M×K) = doutᵀ (M×N) · inp (N×K)`, i.e. `gemm(N, T, m = M, n = K, k = N)`.
-#[allow(clippy::too_many_arguments)]
-fn matmul_backward(
-    dev: &Device,
-    dinp: ViewMut<f32>,
-    grads: &mut DevBuf<f32>,
-    (rw, rb): (std::ops::Range<usize>, std::ops::Range<usize>),
-    dout: View<f32>,
-    inp: View<f16>,
-    w: View<f16>,
-    s: Copies,
-    dims: (usize, usize, usize),
-) -> Result<()> {
-    // dW (a GEMM output) needs the buffer mutably; dbias is written by a kernel through a
-    // shared view afterwards, so the two borrows do not overlap.
-    let dw = grads.view_mut(rw)?;
-    let (n, k, m) = dims;
-    widen(dev, s.w32, w)?;
-    widen(dev, s.x32, inp)?;
-    let g = Gemm {
-        transa: Trans::T,
-        transb: Trans::N,
-        m: k,
-        n,
-        k: m,
-        alpha: 1.0,
-        lda: m,
-        ldb: m,
-        beta: 0.0,
-        ldc: k,
-    };
-    dev.gemm(&g, s.w32.view(0..k * m)?, dout, dinp)?;
-    let g = Gemm {
-        transa: Trans::N,
-        transb: Trans::T,
-        m,
-        n: k,
-        k: n,
-        alpha: 1.0,
-        lda: m,
-        ldb: k,
-        beta: 1.0,
-        ldc: m,
-    };
-    dev.gemm(&g, dout, s.x32.view(0..n * k)?, dw)?;
-    launch(
-        dev,
-        "bias_grad_v1",
-        m,
-        &[
-            grads.view(rb)?.arg(),
-            dout.arg(),
-            Arg::I32(ci("N", n)?),
-            Arg::I32(ci("OC", m)?),
-        ],
-    )
 }
