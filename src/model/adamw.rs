@@ -74,9 +74,17 @@ impl AdamWConfig {
     }
 }
 
-/// The per-step constants of an AdamW update, shared by the CPU step and the device kernel.
+/// The scalars of one AdamW update, shared by the CPU step and the device kernel.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct StepConsts {
+    /// Learning rate.
+    pub lr: f32,
+    /// First-moment decay β1.
+    pub b1: f32,
+    /// Second-moment decay β2.
+    pub b2: f32,
+    /// Denominator epsilon.
+    pub eps: f32,
     /// Gradient scale of the global-norm clip (1 when not clipping).
     pub scale: f32,
     /// Bias correction of the first moment, `1 − β1ᵗ`.
@@ -85,7 +93,7 @@ pub(crate) struct StepConsts {
     pub c2: f32,
 }
 
-/// Begins a step: advances the step count `t` and returns the step's constants for the global
+/// Begins a step: advances the step count `t` and returns the step's scalars for the global
 /// gradient norm `norm` (before clipping).
 pub(crate) fn begin_step(cfg: &AdamWConfig, t: &mut u64, norm: f32) -> StepConsts {
     let scale = match cfg.grad_clip {
@@ -96,6 +104,10 @@ pub(crate) fn begin_step(cfg: &AdamWConfig, t: &mut u64, norm: f32) -> StepConst
     // Past 2^31 steps β^t has long underflowed to 0; saturating keeps it there.
     let e = i32::try_from(*t).unwrap_or(i32::MAX);
     StepConsts {
+        lr: cfg.lr,
+        b1: cfg.beta1,
+        b2: cfg.beta2,
+        eps: cfg.eps,
         scale,
         c1: 1.0 - cfg.beta1.powi(e),
         c2: 1.0 - cfg.beta2.powi(e),
@@ -154,14 +166,7 @@ impl AdamW {
             .map(|&g| f64::from(g) * f64::from(g))
             .sum::<f64>()
             .sqrt() as f32;
-        let StepConsts { scale, c1, c2 } = begin_step(&self.cfg, &mut self.t, norm);
-        let AdamWConfig {
-            lr,
-            beta1: b1,
-            beta2: b2,
-            eps,
-            ..
-        } = self.cfg;
+        let k = begin_step(&self.cfg, &mut self.t, norm);
         let layout = model.layout().clone();
         let grads = model.grads().to_vec();
         let params = model.params_mut();
@@ -179,11 +184,11 @@ impl AdamW {
                 .zip(grads[r].par_chunks(1024))
                 .for_each(|(((pc, wc), (mc, vc)), gc)| {
                     for ((((p, w), m), v), &g) in pc.iter_mut().zip(wc).zip(mc).zip(vc).zip(gc) {
-                        let g = g * scale;
-                        *m = b1 * *m + (1.0 - b1) * g;
-                        *v = b2 * *v + (1.0 - b2) * g * g;
-                        let (mh, vh) = (*m / c1, *v / c2);
-                        *w -= lr * (mh / (vh.sqrt() + eps) + wd * *w);
+                        let g = g * k.scale;
+                        *m = k.b1 * *m + (1.0 - k.b1) * g;
+                        *v = k.b2 * *v + (1.0 - k.b2) * g * g;
+                        let (mh, vh) = (*m / k.c1, *v / k.c2);
+                        *w -= k.lr * (mh / (vh.sqrt() + k.eps) + wd * *w);
                         *p = E::from_f32(*w);
                     }
                 });

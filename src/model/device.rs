@@ -17,7 +17,7 @@ use half::f16;
 use rand_chacha::ChaCha8Rng;
 
 use super::acts::{Acts, Cache, GradActs};
-use super::adamw::{begin_step, AdamW, AdamWConfig, StepConsts};
+use super::adamw::{begin_step, AdamW, AdamWConfig};
 use super::exec::{Exec, Heads, Len, Rd, Step, Store, Weights, Wr};
 use super::gpt::check_tokens;
 use super::params::{ParamId, ParamLayout};
@@ -1021,14 +1021,7 @@ impl<'d> DeviceGpt<'d> {
             .map(|&x| f64::from(x))
             .sum::<f64>()
             .sqrt() as f32;
-        let StepConsts { scale, c1, c2 } = begin_step(&o.cfg, &mut o.t, norm);
-        let AdamWConfig {
-            lr,
-            beta1: b1,
-            beta2: b2,
-            eps,
-            ..
-        } = o.cfg;
+        let k = begin_step(&o.cfg, &mut o.t, norm);
         for id in ParamId::ALL {
             let r = self.layout.range(id);
             let wd = o.cfg.decay(id);
@@ -1044,14 +1037,14 @@ impl<'d> DeviceGpt<'d> {
                     o.v.view(r.clone())?.arg(),
                     self.grads.view(r)?.arg(),
                     Arg::I32(ci("P", len)?),
-                    Arg::F32(lr),
-                    Arg::F32(b1),
-                    Arg::F32(b2),
-                    Arg::F32(c1),
-                    Arg::F32(c2),
-                    Arg::F32(eps),
+                    Arg::F32(k.lr),
+                    Arg::F32(k.b1),
+                    Arg::F32(k.b2),
+                    Arg::F32(k.c1),
+                    Arg::F32(k.c2),
+                    Arg::F32(k.eps),
                     Arg::F32(wd),
-                    Arg::F32(scale),
+                    Arg::F32(k.scale),
                 ],
             )?;
         }
