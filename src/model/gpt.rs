@@ -64,15 +64,7 @@ impl<E: Elem> Gpt<E> {
                 *p = E::from_f32(init(&mut rng));
             }
         }
-        let grads = vec![0.0; layout.total()];
-        Ok(Self {
-            cfg,
-            layout,
-            params,
-            grads,
-            acts: None,
-            profile: Profile::default(),
-        })
+        Self::from_params(cfg, params)
     }
 
     /// A model holding `params` (P) laid out by [`ParamLayout`] (a checkpoint's, a device's).
