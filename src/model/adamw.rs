@@ -63,6 +63,57 @@ impl AdamWConfig {
     }
 }
 
+impl AdamWConfig {
+    /// The weight decay of tensor `id`: `weight_decay` where [`ParamId::decays`], else 0.
+    pub(crate) fn decay(&self, id: ParamId) -> f32 {
+        if id.decays() {
+            self.weight_decay
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The scalars of one AdamW update, shared by the CPU step and the device kernel.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct StepConsts {
+    /// Learning rate.
+    pub lr: f32,
+    /// First-moment decay β1.
+    pub b1: f32,
+    /// Second-moment decay β2.
+    pub b2: f32,
+    /// Denominator epsilon.
+    pub eps: f32,
+    /// Gradient scale of the global-norm clip (1 when not clipping).
+    pub scale: f32,
+    /// Bias correction of the first moment, `1 − β1ᵗ`.
+    pub c1: f32,
+    /// Bias correction of the second moment, `1 − β2ᵗ`.
+    pub c2: f32,
+}
+
+/// Begins a step: advances the step count `t` and returns the step's scalars for the global
+/// gradient norm `norm` (before clipping).
+pub(crate) fn begin_step(cfg: &AdamWConfig, t: &mut u64, norm: f32) -> StepConsts {
+    let scale = match cfg.grad_clip {
+        Some(c) if norm > c => c / (norm + 1e-6),
+        _ => 1.0,
+    };
+    *t += 1;
+    // Past 2^31 steps β^t has long underflowed to 0; saturating keeps it there.
+    let e = i32::try_from(*t).unwrap_or(i32::MAX);
+    StepConsts {
+        lr: cfg.lr,
+        b1: cfg.beta1,
+        b2: cfg.beta2,
+        eps: cfg.eps,
+        scale,
+        c1: 1.0 - cfg.beta1.powi(e),
+        c2: 1.0 - cfg.beta2.powi(e),
+    }
+}
+
 /// AdamW state for one model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdamW {
@@ -94,15 +145,20 @@ impl AdamW {
         })
     }
 
-    /// One update from the model's accumulated gradients; writes the rounded master weights back
-    /// into the model. Returns the global gradient norm before clipping.
-    pub fn step<E: Elem>(&mut self, model: &mut Gpt<E>) -> Result<f32> {
-        let p = model.num_params();
+    /// Checks that the state holds `p` parameters (master weights and both moments).
+    pub(crate) fn check_len(&self, p: usize) -> Result<()> {
         for got in [self.master.len(), self.m.len(), self.v.len()] {
             if got != p {
                 return Err(ModelError::OptimMismatch { expected: p, got });
             }
         }
+        Ok(())
+    }
+
+    /// One update from the model's accumulated gradients; writes the rounded master weights back
+    /// into the model. Returns the global gradient norm before clipping.
+    pub fn step<E: Elem>(&mut self, model: &mut Gpt<E>) -> Result<f32> {
+        self.check_len(model.num_params())?;
         self.cfg.validate()?;
         let norm = model
             .grads()
@@ -110,27 +166,13 @@ impl AdamW {
             .map(|&g| f64::from(g) * f64::from(g))
             .sum::<f64>()
             .sqrt() as f32;
-        let scale = match self.cfg.grad_clip {
-            Some(c) if norm > c => c / (norm + 1e-6),
-            _ => 1.0,
-        };
-        self.t += 1;
-        let AdamWConfig {
-            lr,
-            beta1: b1,
-            beta2: b2,
-            eps,
-            weight_decay,
-            ..
-        } = self.cfg;
-        let t = i32::try_from(self.t).unwrap_or(i32::MAX);
-        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+        let k = begin_step(&self.cfg, &mut self.t, norm);
         let layout = model.layout().clone();
         let grads = model.grads().to_vec();
         let params = model.params_mut();
         for id in ParamId::ALL {
             let r = layout.range(id);
-            let wd = if id.decays() { weight_decay } else { 0.0 };
+            let wd = self.cfg.decay(id);
             params[r.clone()]
                 .par_chunks_mut(1024)
                 .zip(self.master[r.clone()].par_chunks_mut(1024))
@@ -142,11 +184,11 @@ impl AdamW {
                 .zip(grads[r].par_chunks(1024))
                 .for_each(|(((pc, wc), (mc, vc)), gc)| {
                     for ((((p, w), m), v), &g) in pc.iter_mut().zip(wc).zip(mc).zip(vc).zip(gc) {
-                        let g = g * scale;
-                        *m = b1 * *m + (1.0 - b1) * g;
-                        *v = b2 * *v + (1.0 - b2) * g * g;
-                        let (mh, vh) = (*m / c1, *v / c2);
-                        *w -= lr * (mh / (vh.sqrt() + eps) + wd * *w);
+                        let g = g * k.scale;
+                        *m = k.b1 * *m + (1.0 - k.b1) * g;
+                        *v = k.b2 * *v + (1.0 - k.b2) * g * g;
+                        let (mh, vh) = (*m / k.c1, *v / k.c2);
+                        *w -= k.lr * (mh / (vh.sqrt() + k.eps) + wd * *w);
                         *p = E::from_f32(*w);
                     }
                 });

@@ -1,6 +1,7 @@
-//! The device path of the model: the op sequence of [`super::gpt::Gpt`] over a
-//! [`Device`](crate::device::Device), with the kernels of `kernels/gpt.cu` and the GEMMs of
-//! [`Device::gemm`]. Written once: the emulator runs exactly the launches a GPU runs.
+//! The device path of the model: the op sequence of [`super::seq`] over a
+//! [`Device`](crate::device::Device) through the device executor (`DevExec`), with the kernels
+//! of `kernels/gpt.cu` and the GEMMs of [`Device::gemm`]. Written once: the emulator runs
+//! exactly the launches a GPU runs.
 //!
 //! Storage follows the CPU path (`Gpt<f16>`): parameters and saved activations f16, gradients
 //! and logits f32, AdamW masters f32. Forward GEMMs take f16 operands and write f32 (then a
@@ -15,10 +16,13 @@
 use half::f16;
 use rand_chacha::ChaCha8Rng;
 
-use super::adamw::{AdamW, AdamWConfig};
+use super::acts::{Acts, Cache, GradActs};
+use super::adamw::{begin_step, AdamW, AdamWConfig};
+use super::exec::{Exec, Heads, Len, Rd, Step, Store, Weights, Wr};
 use super::gpt::check_tokens;
 use super::params::{ParamId, ParamLayout};
-use super::sample::{sample_with, MaskFn, SampleParams, Samples};
+use super::sample::{sample_with, Decode, MaskFn, SampleParams, Samples};
+use super::seq;
 use super::{Gpt, GptConfig, ModelError};
 use crate::device::{Arg, DevBuf, Device, Gemm, LaunchCfg, Trans, View, ViewMut};
 use crate::error::{Error, Result};
@@ -47,61 +51,84 @@ fn launch(dev: &Device, kernel: &'static str, items: usize, args: &[Arg]) -> Res
     )
 }
 
-/// Layer `l`'s slice of a stacked (L, n) buffer.
-fn at<T: crate::device::Elem>(buf: &DevBuf<T>, l: usize, n: usize) -> Result<View<'_, T>> {
-    buf.view(l * n..(l + 1) * n)
+/// The device store: f16 storage, f32 and u32 tensors in [`DevBuf`]s.
+pub struct Dev;
+
+impl Store for Dev {
+    type Act = DevBuf<f16>;
+    type F32 = DevBuf<f32>;
+    type Tok = DevBuf<u32>;
+    type Error = Error;
+    type Alloc = Device;
+    fn act(dev: &Device, n: usize) -> Result<DevBuf<f16>> {
+        dev.zeros(n)
+    }
+    fn f32(dev: &Device, n: usize) -> Result<DevBuf<f32>> {
+        dev.zeros(n)
+    }
+    fn tok(dev: &Device, n: usize) -> Result<DevBuf<u32>> {
+        dev.zeros(n)
+    }
 }
 
-/// Forward activations on the device for (B, T); per-layer buffers stacked over L (as `Acts`).
-struct DevActs {
-    b: usize,
-    t: usize,
-    /// (N) u32
-    tokens: DevBuf<u32>,
-    /// (N, C) f16
-    encoded: DevBuf<f16>,
-    /// (L, N, C) f16 each
-    ln1: DevBuf<f16>,
-    atty: DevBuf<f16>,
-    residual2: DevBuf<f16>,
-    ln2: DevBuf<f16>,
-    residual3: DevBuf<f16>,
-    /// (L, N) f32 each
-    ln1_mean: DevBuf<f32>,
-    ln1_rstd: DevBuf<f32>,
-    ln2_mean: DevBuf<f32>,
-    ln2_rstd: DevBuf<f32>,
-    /// (L, N, 3C) f16
-    qkv: DevBuf<f16>,
-    /// (L, B, NH, T, T) f16
-    att: DevBuf<f16>,
-    /// (L, N, 4C) f16 each
-    fch: DevBuf<f16>,
-    fch_gelu: DevBuf<f16>,
-    /// (N, C) f16: a projection's output before the residual add.
-    proj: DevBuf<f16>,
-    /// (N, C) f16, (N) f32, (N) f32
-    lnf: DevBuf<f16>,
-    lnf_mean: DevBuf<f32>,
-    lnf_rstd: DevBuf<f32>,
-    /// (N, V) f32 and its f16 rounding (the loss head's input).
-    logits: DevBuf<f32>,
-    logits16: DevBuf<f16>,
-    /// (N, V) f32: the gradient flowing into the logits.
-    dlogits: DevBuf<f32>,
-    /// Scratch: (N, max(4C, V)) f32 GEMM output; (B, NH, T, T) f32 probabilities / dS.
+impl<T: crate::device::Elem> Len for DevBuf<T> {
+    fn len(&self) -> usize {
+        DevBuf::len(self)
+    }
+}
+
+impl<'a, T: crate::device::Elem> Rd<'a, DevBuf<T>> {
+    /// The window as a kernel argument or GEMM operand.
+    fn view(self) -> Result<View<'a, T>> {
+        self.buf.view(self.range())
+    }
+}
+
+impl<'a, T: crate::device::Elem> Wr<'a, DevBuf<T>> {
+    /// The window as a kernel argument (kernels write through device pointers).
+    fn view(self) -> Result<View<'a, T>> {
+        let range = self.range();
+        let buf: &'a DevBuf<T> = self.buf;
+        buf.view(range)
+    }
+    /// The window as a GEMM output.
+    fn view_mut(self) -> Result<ViewMut<'a, T>> {
+        let range = self.range();
+        self.buf.view_mut(range)
+    }
+    /// The window, if it is the whole buffer (host transfers move whole buffers).
+    fn whole(self) -> Result<&'a mut DevBuf<T>> {
+        if self.off != 0 || self.len != self.buf.len() {
+            return Err(Error::shape(
+                "transfer",
+                format!("the whole buffer 0..{}", self.buf.len()),
+                format!("{:?}", self.range()),
+            ));
+        }
+        Ok(self.buf)
+    }
+}
+
+/// The ops' own device scratch (not activations).
+struct Scratch {
+    /// (rows, max(4C, V)) f32: a forward GEMM's output before the bias add and the f16 rounding.
     acc: DevBuf<f32>,
-    scores: DevBuf<f32>,
-    /// Backward scratch, f32: (N, C) ×3, (N, 3C), (N, 4C) ×2.
-    dresidual: DevBuf<f32>,
-    dln: DevBuf<f32>,
-    datty: DevBuf<f32>,
-    dqkv: DevBuf<f32>,
-    dfch: DevBuf<f32>,
-    dfch_gelu: DevBuf<f32>,
-    /// Backward scratch: f32 copies of a weight (max(V, 4C)·C) and of an input (N·4C).
+    /// f32 attention probabilities: (B, NH, T, T) in training (the backward's dS too),
+    /// (B, NH, maxT) when decoding.
+    probs: DevBuf<f32>,
+    /// f32 copies of a backward GEMM's f16 weight (max(V, 4C)·C) and input (N·4C); empty when
+    /// decoding.
     w32: DevBuf<f32>,
     x32: DevBuf<f32>,
+}
+
+/// Forward activations, backward scratch and op scratch on the device for (B, T).
+struct DevActs {
+    fwd: Acts<Dev>,
+    bwd: GradActs<Dev>,
+    /// (N, V) f16: the logits rounded for the loss head (which writes `bwd.dlogits`).
+    logits16: DevBuf<f16>,
+    scratch: Scratch,
 }
 
 impl DevActs {
@@ -113,86 +140,18 @@ impl DevActs {
         ci("attention", l * b * nh * t * t)?;
         ci("logits", n * v)?;
         ci("wte", v * c)?;
-        let h = |k: usize| dev.zeros::<f16>(k);
-        let f = |k: usize| dev.zeros::<f32>(k);
         Ok(Self {
-            b,
-            t,
-            tokens: dev.zeros::<u32>(n)?,
-            encoded: h(n * c)?,
-            ln1: h(l * n * c)?,
-            atty: h(l * n * c)?,
-            residual2: h(l * n * c)?,
-            ln2: h(l * n * c)?,
-            residual3: h(l * n * c)?,
-            ln1_mean: f(l * n)?,
-            ln1_rstd: f(l * n)?,
-            ln2_mean: f(l * n)?,
-            ln2_rstd: f(l * n)?,
-            qkv: h(l * n * 3 * c)?,
-            att: h(l * b * nh * t * t)?,
-            fch: h(l * n * 4 * c)?,
-            fch_gelu: h(l * n * 4 * c)?,
-            proj: h(n * c)?,
-            lnf: h(n * c)?,
-            lnf_mean: f(n)?,
-            lnf_rstd: f(n)?,
-            logits: f(n * v)?,
-            logits16: h(n * v)?,
-            dlogits: f(n * v)?,
-            acc: f(n * (4 * c).max(v))?,
-            scores: f(b * nh * t * t)?,
-            dresidual: f(n * c)?,
-            dln: f(n * c)?,
-            datty: f(n * c)?,
-            dqkv: f(n * 3 * c)?,
-            dfch: f(n * 4 * c)?,
-            dfch_gelu: f(n * 4 * c)?,
-            w32: f(v.max(4 * c) * c)?,
-            x32: f(n * 4 * c)?,
+            fwd: Acts::new(dev, cfg, b, t)?,
+            bwd: GradActs::new(dev, cfg, b, t)?,
+            logits16: dev.zeros(n * v)?,
+            scratch: Scratch {
+                acc: dev.zeros(n * (4 * c).max(v))?,
+                probs: dev.zeros(b * nh * t * t)?,
+                w32: dev.zeros(v.max(4 * c) * c)?,
+                x32: dev.zeros(n * 4 * c)?,
+            },
         })
     }
-}
-
-// ----------------------------------------------------------------------------------------------
-// ops (one function per op of src/model/cpu.rs)
-
-/// out (N, M) f16 = inp (N, K) · w (K, M) + bias (M); `acc` is f32 scratch of ≥ N·M.
-#[allow(clippy::too_many_arguments)]
-fn matmul_forward(
-    dev: &Device,
-    out: View<f16>,
-    inp: View<f16>,
-    w: View<f16>,
-    bias: Option<View<f16>>,
-    acc: &mut DevBuf<f32>,
-    (n, k, m): (usize, usize, usize),
-) -> Result<()> {
-    let g = Gemm {
-        transa: Trans::N,
-        transb: Trans::N,
-        m,
-        n,
-        k,
-        alpha: 1.0,
-        lda: m,
-        ldb: k,
-        beta: 0.0,
-        ldc: m,
-    };
-    dev.gemm(&g, w, inp, acc.view_mut(0..n * m)?)?;
-    launch(
-        dev,
-        "bias_add_cast_v1",
-        n * m,
-        &[
-            out.arg(),
-            acc.arg(),
-            bias.map_or(Arg::Null, |b| b.arg()),
-            Arg::I32(ci("N", n)?),
-            Arg::I32(ci("OC", m)?),
-        ],
-    )
 }
 
 /// dst (n) f32 = src (n) f16.
@@ -209,96 +168,536 @@ fn widen(dev: &Device, dst: &DevBuf<f32>, src: View<f16>) -> Result<()> {
     )
 }
 
-/// Scratch f32 copies for a backward GEMM.
-struct Scratch<'a> {
-    w32: &'a mut DevBuf<f32>,
-    x32: &'a mut DevBuf<f32>,
+// ----------------------------------------------------------------------------------------------
+// the executor
+
+/// The device executor: the kernels of `kernels/gpt.cu` and [`Device::gemm`] behind [`Exec`].
+struct DevExec<'a> {
+    dev: &'a Device,
+    /// (P) f16, laid out by `layout`.
+    params: &'a DevBuf<f16>,
+    layout: &'a ParamLayout,
+    /// (P) f32: the parameter gradients; `None` where only forward ops run (decoding).
+    grads: Option<&'a mut DevBuf<f32>>,
+    s: &'a mut Scratch,
 }
 
-/// out (N, C) f16, mean/rstd (N) f32 = layernorm(inp) with w, b (C).
-#[allow(clippy::too_many_arguments)]
-fn layernorm_forward(
-    dev: &Device,
-    out: View<f16>,
-    mean: View<f32>,
-    rstd: View<f32>,
-    inp: View<f16>,
-    w: View<f16>,
-    b: View<f16>,
-    (n, c): (usize, usize),
-) -> Result<()> {
-    launch(
-        dev,
-        "layernorm_fwd_v1",
-        n,
-        &[
-            out.arg(),
-            mean.arg(),
-            rstd.arg(),
-            inp.arg(),
-            w.arg(),
-            b.arg(),
-            Arg::I32(ci("N", n)?),
+impl<'a> DevExec<'a> {
+    /// Layer `l`'s slice of a parameter tensor.
+    fn p(&self, id: ParamId, l: usize) -> Result<View<'a, f16>> {
+        self.params.view(self.layout.layer_range(id, l))
+    }
+
+    /// The gradients, or an error where this executor has none.
+    fn grads(&mut self) -> Result<&mut DevBuf<f32>> {
+        Ok(self.grads.as_deref_mut().ok_or(ModelError::NoForward)?)
+    }
+}
+
+impl Exec for DevExec<'_> {
+    type S = Dev;
+
+    fn write_tokens(&mut self, dst: Wr<'_, DevBuf<u32>>, src: &[u32]) -> Result<()> {
+        self.dev.write(dst.whole()?, src)
+    }
+
+    fn read_f32(&mut self, dst: &mut [f32], src: Rd<'_, DevBuf<f32>>) -> Result<()> {
+        let host = self.dev.dtoh(src.buf)?;
+        let src = host
+            .get(src.range())
+            .ok_or_else(|| Error::shape("read", format!("{:?}", src.range()), host.len()))?;
+        if dst.len() != src.len() {
+            return Err(Error::shape("read", src.len(), dst.len()));
+        }
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn encoder_fwd(
+        &mut self,
+        out: Wr<'_, DevBuf<f16>>,
+        tokens: Rd<'_, DevBuf<u32>>,
+        (n, t, pos0, c): (usize, usize, usize, usize),
+    ) -> Result<()> {
+        launch(
+            self.dev,
+            "encoder_fwd_v1",
+            n * c,
+            &[
+                out.view()?.arg(),
+                tokens.view()?.arg(),
+                self.p(ParamId::Wte, 0)?.arg(),
+                self.p(ParamId::Wpe, 0)?.arg(),
+                Arg::I32(ci("N", n)?),
+                Arg::I32(ci("T", t)?),
+                Arg::I32(ci("pos", pos0)?),
+                Arg::I32(ci("C", c)?),
+            ],
+        )
+    }
+
+    fn layernorm_fwd(
+        &mut self,
+        out: Wr<'_, DevBuf<f16>>,
+        mean: Wr<'_, DevBuf<f32>>,
+        rstd: Wr<'_, DevBuf<f32>>,
+        inp: Rd<'_, DevBuf<f16>>,
+        ln: Weights,
+        l: usize,
+        (n, c): (usize, usize),
+    ) -> Result<()> {
+        launch(
+            self.dev,
+            "layernorm_fwd_v1",
+            n,
+            &[
+                out.view()?.arg(),
+                mean.view()?.arg(),
+                rstd.view()?.arg(),
+                inp.view()?.arg(),
+                self.p(ln.w, l)?.arg(),
+                self.p(ln.b, l)?.arg(),
+                Arg::I32(ci("N", n)?),
+                Arg::I32(ci("C", c)?),
+            ],
+        )
+    }
+
+    /// A GEMM into the f32 scratch, then a kernel adds the bias and rounds to f16.
+    fn matmul_fwd(
+        &mut self,
+        out: Wr<'_, DevBuf<f16>>,
+        inp: Rd<'_, DevBuf<f16>>,
+        lin: Weights,
+        l: usize,
+        (n, k, m): (usize, usize, usize),
+    ) -> Result<()> {
+        let g = Gemm {
+            transa: Trans::N,
+            transb: Trans::N,
+            m,
+            n,
+            k,
+            alpha: 1.0,
+            lda: m,
+            ldb: k,
+            beta: 0.0,
+            ldc: m,
+        };
+        let (w, b) = (self.p(lin.w, l)?, self.p(lin.b, l)?);
+        let acc = &mut self.s.acc;
+        self.dev.gemm(&g, w, inp.view()?, acc.view_mut(0..n * m)?)?;
+        launch(
+            self.dev,
+            "bias_add_cast_v1",
+            n * m,
+            &[
+                out.view()?.arg(),
+                acc.arg(),
+                b.arg(),
+                Arg::I32(ci("N", n)?),
+                Arg::I32(ci("OC", m)?),
+            ],
+        )
+    }
+
+    fn attention_fwd(
+        &mut self,
+        atty: Wr<'_, DevBuf<f16>>,
+        att: Wr<'_, DevBuf<f16>>,
+        qkv: Rd<'_, DevBuf<f16>>,
+        Heads { b, t, c, nh }: Heads,
+    ) -> Result<()> {
+        launch(
+            self.dev,
+            "attention_fwd_v1",
+            b * nh * t,
+            &[
+                atty.view()?.arg(),
+                att.view()?.arg(),
+                self.s.probs.arg(),
+                qkv.view()?.arg(),
+                Arg::I32(ci("B", b)?),
+                Arg::I32(ci("T", t)?),
+                Arg::I32(ci("C", c)?),
+                Arg::I32(ci("NH", nh)?),
+            ],
+        )
+    }
+
+    fn residual_fwd(
+        &mut self,
+        out: Wr<'_, DevBuf<f16>>,
+        a: Rd<'_, DevBuf<f16>>,
+        b: Rd<'_, DevBuf<f16>>,
+    ) -> Result<()> {
+        let n = out.len;
+        launch(
+            self.dev,
+            "residual_fwd_v1",
+            n,
+            &[
+                out.view()?.arg(),
+                a.view()?.arg(),
+                b.view()?.arg(),
+                Arg::I32(ci("residual", n)?),
+            ],
+        )
+    }
+
+    fn gelu_fwd(&mut self, out: Wr<'_, DevBuf<f16>>, inp: Rd<'_, DevBuf<f16>>) -> Result<()> {
+        let n = out.len;
+        launch(
+            self.dev,
+            "gelu_fwd_v1",
+            n,
+            &[
+                out.view()?.arg(),
+                inp.view()?.arg(),
+                Arg::I32(ci("gelu", n)?),
+            ],
+        )
+    }
+
+    /// `gemm(T, N, m = V, n = N, k = C)`.
+    fn logits_fwd(
+        &mut self,
+        logits: Wr<'_, DevBuf<f32>>,
+        inp: Rd<'_, DevBuf<f16>>,
+        (n, c, v): (usize, usize, usize),
+    ) -> Result<()> {
+        let g = Gemm {
+            transa: Trans::T,
+            transb: Trans::N,
+            m: v,
+            n,
+            k: c,
+            alpha: 1.0,
+            lda: c,
+            ldb: c,
+            beta: 0.0,
+            ldc: v,
+        };
+        let wte = self.p(ParamId::Wte, 0)?;
+        self.dev.gemm(&g, wte, inp.view()?, logits.view_mut()?)
+    }
+
+    fn kv_append(
+        &mut self,
+        k: Wr<'_, DevBuf<f16>>,
+        v: Wr<'_, DevBuf<f16>>,
+        qkv: Rd<'_, DevBuf<f16>>,
+        Step {
+            b, pos, max_t, c, ..
+        }: Step,
+    ) -> Result<()> {
+        launch(
+            self.dev,
+            "kv_append_v1",
+            b * c,
+            &[
+                k.view()?.arg(),
+                v.view()?.arg(),
+                qkv.view()?.arg(),
+                Arg::I32(ci("B", b)?),
+                Arg::I32(ci("pos", pos)?),
+                Arg::I32(ci("maxT", max_t)?),
+                Arg::I32(ci("C", c)?),
+            ],
+        )
+    }
+
+    fn attention_decode(
+        &mut self,
+        out: Wr<'_, DevBuf<f16>>,
+        qkv: Rd<'_, DevBuf<f16>>,
+        k: Rd<'_, DevBuf<f16>>,
+        v: Rd<'_, DevBuf<f16>>,
+        Step {
+            b,
+            pos,
+            max_t,
+            c,
+            nh,
+        }: Step,
+    ) -> Result<()> {
+        launch(
+            self.dev,
+            "attention_decode_v1",
+            b * nh,
+            &[
+                out.view()?.arg(),
+                self.s.probs.arg(),
+                qkv.view()?.arg(),
+                k.view()?.arg(),
+                v.view()?.arg(),
+                Arg::I32(ci("B", b)?),
+                Arg::I32(ci("pos", pos)?),
+                Arg::I32(ci("maxT", max_t)?),
+                Arg::I32(ci("C", c)?),
+                Arg::I32(ci("NH", nh)?),
+            ],
+        )
+    }
+
+    fn fill_zero(&mut self, out: Wr<'_, DevBuf<f32>>) -> Result<()> {
+        let n = out.len;
+        launch(
+            self.dev,
+            "fill_f32_v1",
+            n,
+            &[out.view()?.arg(), Arg::F32(0.0), Arg::I32(ci("fill", n)?)],
+        )
+    }
+
+    /// logits = lnf · wteᵀ: dlnf = dlogits · wte, dwte += dlogitsᵀ · lnf.
+    fn logits_bwd(
+        &mut self,
+        dinp: Wr<'_, DevBuf<f32>>,
+        dlogits: Rd<'_, DevBuf<f32>>,
+        inp: Rd<'_, DevBuf<f16>>,
+        (n, c, v): (usize, usize, usize),
+    ) -> Result<()> {
+        let dev = self.dev;
+        let wte = self.p(ParamId::Wte, 0)?;
+        let rte = self.layout.range(ParamId::Wte);
+        widen(dev, &self.s.w32, wte)?;
+        widen(dev, &self.s.x32, inp.view()?)?;
+        let g = Gemm {
+            transa: Trans::N,
+            transb: Trans::N,
+            m: c,
+            n,
+            k: v,
+            alpha: 1.0,
+            lda: c,
+            ldb: v,
+            beta: 0.0,
+            ldc: c,
+        };
+        let dlogits = dlogits.view()?;
+        dev.gemm(&g, self.s.w32.view(0..v * c)?, dlogits, dinp.view_mut()?)?;
+        let g = Gemm {
+            transa: Trans::N,
+            transb: Trans::T,
+            m: c,
+            n: v,
+            k: n,
+            alpha: 1.0,
+            lda: c,
+            ldb: v,
+            beta: 1.0,
+            ldc: c,
+        };
+        let x32 = self.s.x32.view(0..n * c)?;
+        dev.gemm(
+            &g,
+            x32,
+            dlogits,
+            self.grads
+                .as_deref_mut()
+                .ok_or(ModelError::NoForward)?
+                .view_mut(rte)?,
+        )
+    }
+
+    fn layernorm_bwd(
+        &mut self,
+        dinp: Wr<'_, DevBuf<f32>>,
+        dout: Rd<'_, DevBuf<f32>>,
+        inp: Rd<'_, DevBuf<f16>>,
+        (mean, rstd): (Rd<'_, DevBuf<f32>>, Rd<'_, DevBuf<f32>>),
+        ln: Weights,
+        l: usize,
+        (n, c): (usize, usize),
+    ) -> Result<()> {
+        let w = self.p(ln.w, l)?;
+        let (rw, rb) = (
+            self.layout.layer_range(ln.w, l),
+            self.layout.layer_range(ln.b, l),
+        );
+        let dev = self.dev;
+        let grads = self.grads()?;
+        let (dout, inp, mean, rstd) = (dout.view()?, inp.view()?, mean.view()?, rstd.view()?);
+        let (ni, cc) = (Arg::I32(ci("N", n)?), Arg::I32(ci("C", c)?));
+        launch(
+            dev,
+            "layernorm_bwd_v1",
+            n,
+            &[
+                dinp.view()?.arg(),
+                dout.arg(),
+                inp.arg(),
+                w.arg(),
+                mean.arg(),
+                rstd.arg(),
+                ni,
+                cc,
+            ],
+        )?;
+        launch(
+            dev,
+            "layernorm_bwd_params_v1",
+            c,
+            &[
+                grads.view(rw)?.arg(),
+                grads.view(rb)?.arg(),
+                dout.arg(),
+                inp.arg(),
+                mean.arg(),
+                rstd.arg(),
+                ni,
+                cc,
+            ],
+        )
+    }
+
+    /// Column-major: `dinpᵀ (K×N) = W (K×M) · doutᵀ`, i.e. `gemm(T, N, m = K, n = N, k = M)` on
+    /// the stored `Wᵀ`; `dWᵀ (M×K) = doutᵀ (M×N) · inp (N×K)`, i.e. `gemm(N, T, m = M, n = K,
+    /// k = N)`; both in f32 on f32 copies of the f16 operands.
+    fn matmul_bwd(
+        &mut self,
+        dinp: Wr<'_, DevBuf<f32>>,
+        dout: Rd<'_, DevBuf<f32>>,
+        inp: Rd<'_, DevBuf<f16>>,
+        lin: Weights,
+        l: usize,
+        (n, k, m): (usize, usize, usize),
+    ) -> Result<()> {
+        let w = self.p(lin.w, l)?;
+        let (rw, rb) = (
+            self.layout.layer_range(lin.w, l),
+            self.layout.layer_range(lin.b, l),
+        );
+        let dev = self.dev;
+        let dout = dout.view()?;
+        widen(dev, &self.s.w32, w)?;
+        widen(dev, &self.s.x32, inp.view()?)?;
+        let g = Gemm {
+            transa: Trans::T,
+            transb: Trans::N,
+            m: k,
+            n,
+            k: m,
+            alpha: 1.0,
+            lda: m,
+            ldb: m,
+            beta: 0.0,
+            ldc: k,
+        };
+        dev.gemm(&g, self.s.w32.view(0..k * m)?, dout, dinp.view_mut()?)?;
+        let g = Gemm {
+            transa: Trans::N,
+            transb: Trans::T,
+            m,
+            n: k,
+            k: n,
+            alpha: 1.0,
+            lda: m,
+            ldb: k,
+            beta: 1.0,
+            ldc: m,
+        };
+        let x32 = self.s.x32.view(0..n * k)?;
+        // dW (a GEMM output) needs the buffer mutably; dbias is written by a kernel through a
+        // shared view afterwards, so the two borrows do not overlap.
+        let grads = self.grads.as_deref_mut().ok_or(ModelError::NoForward)?;
+        dev.gemm(&g, dout, x32, grads.view_mut(rw)?)?;
+        launch(
+            dev,
+            "bias_grad_v1",
+            m,
+            &[
+                grads.view(rb)?.arg(),
+                dout.arg(),
+                Arg::I32(ci("N", n)?),
+                Arg::I32(ci("OC", m)?),
+            ],
+        )
+    }
+
+    fn gelu_bwd(
+        &mut self,
+        dinp: Wr<'_, DevBuf<f32>>,
+        inp: Rd<'_, DevBuf<f16>>,
+        dout: Rd<'_, DevBuf<f32>>,
+    ) -> Result<()> {
+        let n = dinp.len;
+        launch(
+            self.dev,
+            "gelu_bwd_v1",
+            n,
+            &[
+                dinp.view()?.arg(),
+                inp.view()?.arg(),
+                dout.view()?.arg(),
+                Arg::I32(ci("gelu", n)?),
+            ],
+        )
+    }
+
+    fn attention_bwd(
+        &mut self,
+        dqkv: Wr<'_, DevBuf<f32>>,
+        datty: Rd<'_, DevBuf<f32>>,
+        qkv: Rd<'_, DevBuf<f16>>,
+        att: Rd<'_, DevBuf<f16>>,
+        Heads { b, t, c, nh }: Heads,
+    ) -> Result<()> {
+        let args = [
+            dqkv.view()?.arg(),
+            self.s.probs.arg(),
+            datty.view()?.arg(),
+            qkv.view()?.arg(),
+            att.view()?.arg(),
+            Arg::I32(ci("B", b)?),
+            Arg::I32(ci("T", t)?),
             Arg::I32(ci("C", c)?),
-        ],
-    )
-}
+            Arg::I32(ci("NH", nh)?),
+        ];
+        launch(self.dev, "attention_bwd_q_v1", b * nh * t, &args)?;
+        launch(self.dev, "attention_bwd_kv_v1", b * nh * t, &args)
+    }
 
-/// dinp (N, C) += layernorm backward; dw, db (C) += their sums over rows.
-#[allow(clippy::too_many_arguments)]
-fn layernorm_backward(
-    dev: &Device,
-    dinp: View<f32>,
-    dw: View<f32>,
-    db: View<f32>,
-    dout: View<f32>,
-    inp: View<f16>,
-    w: View<f16>,
-    (mean, rstd): (View<f32>, View<f32>),
-    (n, c): (usize, usize),
-) -> Result<()> {
-    let (ni, cc) = (Arg::I32(ci("N", n)?), Arg::I32(ci("C", c)?));
-    launch(
-        dev,
-        "layernorm_bwd_v1",
-        n,
-        &[
-            dinp.arg(),
-            dout.arg(),
-            inp.arg(),
-            w.arg(),
-            mean.arg(),
-            rstd.arg(),
-            ni,
-            cc,
-        ],
-    )?;
-    launch(
-        dev,
-        "layernorm_bwd_params_v1",
-        c,
-        &[
-            dw.arg(),
-            db.arg(),
-            dout.arg(),
-            inp.arg(),
-            mean.arg(),
-            rstd.arg(),
-            ni,
-            cc,
-        ],
-    )
-}
-
-/// out = a + b (n elements, f16).
-fn residual_forward(dev: &Device, out: View<f16>, a: View<f16>, b: View<f16>) -> Result<()> {
-    let n = out.len();
-    launch(
-        dev,
-        "residual_fwd_v1",
-        n,
-        &[out.arg(), a.arg(), b.arg(), Arg::I32(ci("residual", n)?)],
-    )
+    fn encoder_bwd(
+        &mut self,
+        dout: Rd<'_, DevBuf<f32>>,
+        tokens: Rd<'_, DevBuf<u32>>,
+        (n, t, c, v): (usize, usize, usize, usize),
+    ) -> Result<()> {
+        let (rte, rpe) = (
+            self.layout.range(ParamId::Wte),
+            self.layout.range(ParamId::Wpe),
+        );
+        let dev = self.dev;
+        let grads = self.grads()?;
+        let dout = dout.view()?;
+        launch(
+            dev,
+            "encoder_bwd_wte_v1",
+            v * c,
+            &[
+                grads.view(rte)?.arg(),
+                dout.arg(),
+                tokens.view()?.arg(),
+                Arg::I32(ci("N", n)?),
+                Arg::I32(ci("C", c)?),
+                Arg::I32(ci("V", v)?),
+            ],
+        )?;
+        launch(
+            dev,
+            "encoder_bwd_wpe_v1",
+            t * c,
+            &[
+                grads.view(rpe)?.arg(),
+                dout.arg(),
+                Arg::I32(ci("N", n)?),
+                Arg::I32(ci("T", t)?),
+                Arg::I32(ci("C", c)?),
+            ],
+        )
+    }
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -335,30 +734,8 @@ pub struct DeviceGpt<'d> {
 
 /// A KV cache on the device for B sequences, plus decoding scratch (as `sample::KvCache`).
 pub struct DevKvCache {
-    b: usize,
-    /// (L, B, maxT, C) f16 each
-    k: DevBuf<f16>,
-    v: DevBuf<f16>,
-    /// (B) u32
-    tokens: DevBuf<u32>,
-    /// (B, C) f16: residual stream, after attention, layernorm output, attention output, projection.
-    x: DevBuf<f16>,
-    x2: DevBuf<f16>,
-    ln: DevBuf<f16>,
-    atty: DevBuf<f16>,
-    proj: DevBuf<f16>,
-    /// (B) f32
-    mean: DevBuf<f32>,
-    rstd: DevBuf<f32>,
-    /// (B, 3C) f16, (B, 4C) f16 ×2
-    qkv: DevBuf<f16>,
-    fch: DevBuf<f16>,
-    fch_gelu: DevBuf<f16>,
-    /// Scratch: (B, max(4C, V)) f32 GEMM output, (B, NH, maxT) f32 probabilities.
-    acc: DevBuf<f32>,
-    probs: DevBuf<f32>,
-    /// (B, V) f32
-    logits: DevBuf<f32>,
+    cache: Cache<Dev>,
+    scratch: Scratch,
 }
 
 impl<'d> DeviceGpt<'d> {
@@ -416,192 +793,49 @@ impl<'d> DeviceGpt<'d> {
         )
     }
 
-    /// Per-layer view of a parameter tensor.
-    fn p(&self, id: ParamId, l: usize) -> Result<View<'_, f16>> {
-        self.params.view(self.layout.layer_range(id, l))
-    }
-
     /// Forward pass over tokens (B, T); saves activations; returns logits (B, T, V) f32
     /// (downloaded; they also stay on the device for [`DeviceGpt::loss_head`]).
     pub fn forward(&mut self, tokens: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
         self.forward_resident(tokens, b, t)?;
         let a = self.acts.as_ref().ok_or(ModelError::NoForward)?;
-        self.dev.dtoh(&a.logits)
+        self.dev.dtoh(a.fwd.logits.buf())
     }
 
     /// The forward pass, leaving the logits on the device.
     pub fn forward_resident(&mut self, tokens: &[u32], b: usize, t: usize) -> Result<()> {
         let n = check_tokens(&self.cfg, "forward", tokens, b, t)?;
-        let GptConfig {
-            vocab: v,
-            d_model: c,
-            layers: nl,
-            heads: nh,
-            ..
-        } = self.cfg;
-        if !self.acts.as_ref().is_some_and(|a| a.b == b && a.t == t) {
+        if !self
+            .acts
+            .as_ref()
+            .is_some_and(|a| a.fwd.b == b && a.fwd.t == t)
+        {
             self.acts = None; // free the old buffers first
             self.acts = Some(DevActs::new(self.dev, &self.cfg, b, t)?);
         }
         self.forwarded = false;
-        let mut a = self.acts.take().ok_or(ModelError::NoForward)?;
-        let r = self.forward_ops(&mut a, tokens, (b, t, n, v, c, nl, nh));
-        self.acts = Some(a);
-        r?;
-        self.forwarded = true;
-        Ok(())
-    }
-
-    #[allow(clippy::type_complexity)]
-    fn forward_ops(
-        &self,
-        a: &mut DevActs,
-        tokens: &[u32],
-        (b, t, n, v, c, nl, nh): (usize, usize, usize, usize, usize, usize, usize),
-    ) -> Result<()> {
-        let dev = self.dev;
-        dev.write(&mut a.tokens, tokens)?;
-        let nc = n * c;
+        let a = self.acts.as_mut().ok_or(ModelError::NoForward)?;
+        let mut x = DevExec {
+            dev: self.dev,
+            params: &self.params,
+            layout: &self.layout,
+            grads: None,
+            s: &mut a.scratch,
+        };
+        seq::forward(&mut x, &self.cfg, &mut a.fwd, tokens)?;
+        // The loss head reads f16 logits.
+        let nv = n * self.cfg.vocab;
         launch(
-            dev,
-            "encoder_fwd_v1",
-            nc,
-            &[
-                a.encoded.arg(),
-                a.tokens.arg(),
-                self.p(ParamId::Wte, 0)?.arg(),
-                self.p(ParamId::Wpe, 0)?.arg(),
-                Arg::I32(ci("N", n)?),
-                Arg::I32(ci("T", t)?),
-                Arg::I32(0),
-                Arg::I32(ci("C", c)?),
-            ],
-        )?;
-        let att_n = b * nh * t * t;
-        for l in 0..nl {
-            let residual = if l == 0 {
-                a.encoded.all()
-            } else {
-                at(&a.residual3, l - 1, nc)?
-            };
-            let (ln1, qkv, atty) = (
-                at(&a.ln1, l, nc)?,
-                at(&a.qkv, l, 3 * nc)?,
-                at(&a.atty, l, nc)?,
-            );
-            let (res2, ln2, res3) = (
-                at(&a.residual2, l, nc)?,
-                at(&a.ln2, l, nc)?,
-                at(&a.residual3, l, nc)?,
-            );
-            let (fch, fch_gelu) = (at(&a.fch, l, 4 * nc)?, at(&a.fch_gelu, l, 4 * nc)?);
-            layernorm_forward(
-                dev,
-                ln1,
-                at(&a.ln1_mean, l, n)?,
-                at(&a.ln1_rstd, l, n)?,
-                residual,
-                self.p(ParamId::Ln1W, l)?,
-                self.p(ParamId::Ln1B, l)?,
-                (n, c),
-            )?;
-            matmul_forward(
-                dev,
-                qkv,
-                ln1,
-                self.p(ParamId::QkvW, l)?,
-                Some(self.p(ParamId::QkvB, l)?),
-                &mut a.acc,
-                (n, c, 3 * c),
-            )?;
-            launch(
-                dev,
-                "attention_fwd_v1",
-                b * nh * t,
-                &[
-                    atty.arg(),
-                    at(&a.att, l, att_n)?.arg(),
-                    a.scores.arg(),
-                    qkv.arg(),
-                    Arg::I32(ci("B", b)?),
-                    Arg::I32(ci("T", t)?),
-                    Arg::I32(ci("C", c)?),
-                    Arg::I32(ci("NH", nh)?),
-                ],
-            )?;
-            matmul_forward(
-                dev,
-                a.proj.all(),
-                atty,
-                self.p(ParamId::AttProjW, l)?,
-                Some(self.p(ParamId::AttProjB, l)?),
-                &mut a.acc,
-                (n, c, c),
-            )?;
-            residual_forward(dev, res2, residual, a.proj.all())?;
-            layernorm_forward(
-                dev,
-                ln2,
-                at(&a.ln2_mean, l, n)?,
-                at(&a.ln2_rstd, l, n)?,
-                res2,
-                self.p(ParamId::Ln2W, l)?,
-                self.p(ParamId::Ln2B, l)?,
-                (n, c),
-            )?;
-            matmul_forward(
-                dev,
-                fch,
-                ln2,
-                self.p(ParamId::FcW, l)?,
-                Some(self.p(ParamId::FcB, l)?),
-                &mut a.acc,
-                (n, c, 4 * c),
-            )?;
-            launch(
-                dev,
-                "gelu_fwd_v1",
-                4 * nc,
-                &[fch_gelu.arg(), fch.arg(), Arg::I32(ci("N·4C", 4 * nc)?)],
-            )?;
-            matmul_forward(
-                dev,
-                a.proj.all(),
-                fch_gelu,
-                self.p(ParamId::FcProjW, l)?,
-                Some(self.p(ParamId::FcProjB, l)?),
-                &mut a.acc,
-                (n, 4 * c, c),
-            )?;
-            residual_forward(dev, res3, res2, a.proj.all())?;
-        }
-        layernorm_forward(
-            dev,
-            a.lnf.all(),
-            a.lnf_mean.all(),
-            a.lnf_rstd.all(),
-            at(&a.residual3, nl - 1, nc)?,
-            self.p(ParamId::LnfW, 0)?,
-            self.p(ParamId::LnfB, 0)?,
-            (n, c),
-        )?;
-        logits_forward(
-            dev,
-            &mut a.logits,
-            a.lnf.all(),
-            self.p(ParamId::Wte, 0)?,
-            (n, c, v),
-        )?;
-        launch(
-            dev,
+            self.dev,
             "cast_f32_f16_v1",
-            n * v,
+            nv,
             &[
                 a.logits16.arg(),
-                a.logits.arg(),
-                Arg::I32(ci("N·V", n * v)?),
+                a.fwd.logits.buf().arg(),
+                Arg::I32(ci("N·V", nv)?),
             ],
-        )
+        )?;
+        self.forwarded = true;
+        Ok(())
     }
 
     /// The loss head on the last forward's logits (rounded to f16, as the head takes them):
@@ -625,7 +859,7 @@ impl<'d> DeviceGpt<'d> {
             &mut a.logits16,
             inp,
             cfg,
-            GradDst::F32(&mut a.dlogits),
+            GradDst::F32(a.bwd.dlogits.buf_mut()),
             plan,
         )
     }
@@ -641,7 +875,7 @@ impl<'d> DeviceGpt<'d> {
         }
         let a = self.acts.as_mut().ok_or(ModelError::NoForward)?;
         let v = self.cfg.vocab;
-        let n = a.b * a.t;
+        let n = a.fwd.b * a.fwd.t;
         let w = v.div_ceil(32);
         if mask.len() != n * w {
             return Err(ModelError::Shape {
@@ -679,15 +913,16 @@ impl<'d> DeviceGpt<'d> {
         if !self.forwarded {
             return Err(ModelError::NoForward.into());
         }
-        if dlogits.len() != a.dlogits.len() {
+        let dst = a.bwd.dlogits.buf_mut(); // (B, T, V) f32
+        if dlogits.len() != dst.len() {
             return Err(ModelError::Shape {
                 op: "backward",
-                expected: a.dlogits.len(),
+                expected: dst.len(),
                 got: dlogits.len(),
             }
             .into());
         }
-        self.dev.write(&mut a.dlogits, dlogits)?;
+        self.dev.write(dst, dlogits)?;
         self.backward_resident()
     }
 
@@ -696,234 +931,15 @@ impl<'d> DeviceGpt<'d> {
         if !self.forwarded {
             return Err(ModelError::NoForward.into());
         }
-        let mut a = self.acts.take().ok_or(ModelError::NoForward)?;
-        let mut grads = std::mem::replace(&mut self.grads, self.dev.zeros(0)?);
-        let r = self.backward_ops(&mut a, &mut grads);
-        self.acts = Some(a);
-        self.grads = grads;
-        r
-    }
-
-    fn backward_ops(&self, a: &mut DevActs, grads: &mut DevBuf<f32>) -> Result<()> {
-        let dev = self.dev;
-        let GptConfig {
-            vocab: v,
-            d_model: c,
-            layers: nl,
-            heads: nh,
-            ..
-        } = self.cfg;
-        let (b, t) = (a.b, a.t);
-        let n = b * t;
-        let nc = n * c;
-        let lay = &self.layout;
-        let p = |id: ParamId, l: usize| self.p(id, l);
-        let att_n = b * nh * t * t;
-
-        // logits = lnf · wteᵀ: dlnf = dlogits · wte, dwte += dlogitsᵀ · lnf.
-        widen(dev, &a.w32, p(ParamId::Wte, 0)?)?;
-        widen(dev, &a.x32, a.lnf.all())?;
-        let g = Gemm {
-            transa: Trans::N,
-            transb: Trans::N,
-            m: c,
-            n,
-            k: v,
-            alpha: 1.0,
-            lda: c,
-            ldb: v,
-            beta: 0.0,
-            ldc: c,
+        let a = self.acts.as_mut().ok_or(ModelError::NoForward)?;
+        let mut x = DevExec {
+            dev: self.dev,
+            params: &self.params,
+            layout: &self.layout,
+            grads: Some(&mut self.grads),
+            s: &mut a.scratch,
         };
-        dev.gemm(&g, a.w32.view(0..v * c)?, a.dlogits.all(), a.dln.all_mut())?;
-        let g = Gemm {
-            transa: Trans::N,
-            transb: Trans::T,
-            m: c,
-            n: v,
-            k: n,
-            alpha: 1.0,
-            lda: c,
-            ldb: v,
-            beta: 1.0,
-            ldc: c,
-        };
-        dev.gemm(
-            &g,
-            a.x32.view(0..nc)?,
-            a.dlogits.all(),
-            grads.view_mut(lay.range(ParamId::Wte))?,
-        )?;
-
-        launch(
-            dev,
-            "fill_f32_v1",
-            nc,
-            &[a.dresidual.arg(), Arg::F32(0.0), Arg::I32(ci("N·C", nc)?)],
-        )?;
-        layernorm_backward(
-            dev,
-            a.dresidual.all(),
-            grads.view(lay.range(ParamId::LnfW))?,
-            grads.view(lay.range(ParamId::LnfB))?,
-            a.dln.all(),
-            at(&a.residual3, nl - 1, nc)?,
-            p(ParamId::LnfW, 0)?,
-            (a.lnf_mean.all(), a.lnf_rstd.all()),
-            (n, c),
-        )?;
-
-        for l in (0..nl).rev() {
-            let residual = if l == 0 {
-                a.encoded.all()
-            } else {
-                at(&a.residual3, l - 1, nc)?
-            };
-            let (ln1, qkv, atty) = (
-                at(&a.ln1, l, nc)?,
-                at(&a.qkv, l, 3 * nc)?,
-                at(&a.atty, l, nc)?,
-            );
-            let (res2, ln2) = (at(&a.residual2, l, nc)?, at(&a.ln2, l, nc)?);
-            let (fch, fch_gelu) = (at(&a.fch, l, 4 * nc)?, at(&a.fch_gelu, l, 4 * nc)?);
-            let lr = |id: ParamId| lay.layer_range(id, l);
-
-            // dresidual holds d residual3[l]; the residual add passes it to both branches.
-            matmul_backward(
-                dev,
-                a.dfch_gelu.all_mut(),
-                grads,
-                (lr(ParamId::FcProjW), lr(ParamId::FcProjB)),
-                a.dresidual.all(),
-                fch_gelu,
-                p(ParamId::FcProjW, l)?,
-                Scratch {
-                    w32: &mut a.w32,
-                    x32: &mut a.x32,
-                },
-                (n, 4 * c, c),
-            )?;
-            launch(
-                dev,
-                "gelu_bwd_v1",
-                4 * nc,
-                &[
-                    a.dfch.arg(),
-                    fch.arg(),
-                    a.dfch_gelu.arg(),
-                    Arg::I32(ci("N·4C", 4 * nc)?),
-                ],
-            )?;
-            matmul_backward(
-                dev,
-                a.dln.all_mut(),
-                grads,
-                (lr(ParamId::FcW), lr(ParamId::FcB)),
-                a.dfch.all(),
-                ln2,
-                p(ParamId::FcW, l)?,
-                Scratch {
-                    w32: &mut a.w32,
-                    x32: &mut a.x32,
-                },
-                (n, c, 4 * c),
-            )?;
-            layernorm_backward(
-                dev,
-                a.dresidual.all(),
-                grads.view(lr(ParamId::Ln2W))?,
-                grads.view(lr(ParamId::Ln2B))?,
-                a.dln.all(),
-                res2,
-                p(ParamId::Ln2W, l)?,
-                (at(&a.ln2_mean, l, n)?, at(&a.ln2_rstd, l, n)?),
-                (n, c),
-            )?;
-            // dresidual now holds d residual2[l].
-            matmul_backward(
-                dev,
-                a.datty.all_mut(),
-                grads,
-                (lr(ParamId::AttProjW), lr(ParamId::AttProjB)),
-                a.dresidual.all(),
-                atty,
-                p(ParamId::AttProjW, l)?,
-                Scratch {
-                    w32: &mut a.w32,
-                    x32: &mut a.x32,
-                },
-                (n, c, c),
-            )?;
-            let dims = [
-                Arg::I32(ci("B", b)?),
-                Arg::I32(ci("T", t)?),
-                Arg::I32(ci("C", c)?),
-                Arg::I32(ci("NH", nh)?),
-            ];
-            let att = at(&a.att, l, att_n)?;
-            let common = [
-                a.dqkv.arg(),
-                a.scores.arg(),
-                a.datty.arg(),
-                qkv.arg(),
-                att.arg(),
-            ];
-            let args: Vec<Arg> = common.iter().chain(&dims).copied().collect();
-            launch(dev, "attention_bwd_q_v1", b * nh * t, &args)?;
-            launch(dev, "attention_bwd_kv_v1", b * nh * t, &args)?;
-            matmul_backward(
-                dev,
-                a.dln.all_mut(),
-                grads,
-                (lr(ParamId::QkvW), lr(ParamId::QkvB)),
-                a.dqkv.all(),
-                ln1,
-                p(ParamId::QkvW, l)?,
-                Scratch {
-                    w32: &mut a.w32,
-                    x32: &mut a.x32,
-                },
-                (n, c, 3 * c),
-            )?;
-            layernorm_backward(
-                dev,
-                a.dresidual.all(),
-                grads.view(lr(ParamId::Ln1W))?,
-                grads.view(lr(ParamId::Ln1B))?,
-                a.dln.all(),
-                residual,
-                p(ParamId::Ln1W, l)?,
-                (at(&a.ln1_mean, l, n)?, at(&a.ln1_rstd, l, n)?),
-                (n, c),
-            )?;
-            // dresidual now holds d residual3[l-1] (or d encoded).
-        }
-
-        launch(
-            dev,
-            "encoder_bwd_wte_v1",
-            v * c,
-            &[
-                grads.view(lay.range(ParamId::Wte))?.arg(),
-                a.dresidual.arg(),
-                a.tokens.arg(),
-                Arg::I32(ci("N", n)?),
-                Arg::I32(ci("C", c)?),
-                Arg::I32(ci("V", v)?),
-            ],
-        )?;
-        launch(
-            dev,
-            "encoder_bwd_wpe_v1",
-            t * c,
-            &[
-                grads.view(lay.range(ParamId::Wpe))?.arg(),
-                a.dresidual.arg(),
-                Arg::I32(ci("N", n)?),
-                Arg::I32(ci("T", t)?),
-                Arg::I32(ci("C", c)?),
-            ],
-        )
+        seq::backward(&mut x, &self.cfg, &a.fwd, &mut a.bwd)
     }
 
     /// Creates the optimizer state on the device (masters = the parameters widened to f32).
@@ -945,12 +961,7 @@ impl<'d> DeviceGpt<'d> {
     /// Uploads a CPU optimizer state (e.g. from a checkpoint).
     pub fn set_optim(&mut self, opt: &AdamW) -> Result<()> {
         opt.cfg.validate()?;
-        let p = self.layout.total();
-        for got in [opt.master.len(), opt.m.len(), opt.v.len()] {
-            if got != p {
-                return Err(ModelError::OptimMismatch { expected: p, got }.into());
-            }
-        }
+        opt.check_len(self.layout.total())?;
         self.optim = Some(DevAdamW {
             cfg: opt.cfg,
             t: opt.t,
@@ -1010,24 +1021,10 @@ impl<'d> DeviceGpt<'d> {
             .map(|&x| f64::from(x))
             .sum::<f64>()
             .sqrt() as f32;
-        let scale = match o.cfg.grad_clip {
-            Some(c) if norm > c => c / (norm + 1e-6),
-            _ => 1.0,
-        };
-        o.t += 1;
-        let AdamWConfig {
-            lr,
-            beta1: b1,
-            beta2: b2,
-            eps,
-            weight_decay,
-            ..
-        } = o.cfg;
-        let t = i32::try_from(o.t).unwrap_or(i32::MAX);
-        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+        let k = begin_step(&o.cfg, &mut o.t, norm);
         for id in ParamId::ALL {
             let r = self.layout.range(id);
-            let wd = if id.decays() { weight_decay } else { 0.0 };
+            let wd = o.cfg.decay(id);
             let len = r.len();
             launch(
                 dev,
@@ -1040,14 +1037,14 @@ impl<'d> DeviceGpt<'d> {
                     o.v.view(r.clone())?.arg(),
                     self.grads.view(r)?.arg(),
                     Arg::I32(ci("P", len)?),
-                    Arg::F32(lr),
-                    Arg::F32(b1),
-                    Arg::F32(b2),
-                    Arg::F32(c1),
-                    Arg::F32(c2),
-                    Arg::F32(eps),
+                    Arg::F32(k.lr),
+                    Arg::F32(k.b1),
+                    Arg::F32(k.b2),
+                    Arg::F32(k.c1),
+                    Arg::F32(k.c2),
+                    Arg::F32(k.eps),
                     Arg::F32(wd),
-                    Arg::F32(scale),
+                    Arg::F32(k.scale),
                 ],
             )?;
         }
@@ -1083,23 +1080,13 @@ impl<'d> DeviceGpt<'d> {
         ci("kv cache", wide)?;
         let dev = self.dev;
         Ok(DevKvCache {
-            b,
-            k: dev.zeros(n)?,
-            v: dev.zeros(n)?,
-            tokens: dev.zeros(b)?,
-            x: dev.zeros(b * c)?,
-            x2: dev.zeros(b * c)?,
-            ln: dev.zeros(b * c)?,
-            atty: dev.zeros(b * c)?,
-            proj: dev.zeros(b * c)?,
-            mean: dev.zeros(b)?,
-            rstd: dev.zeros(b)?,
-            qkv: dev.zeros(3 * b * c)?,
-            fch: dev.zeros(4 * b * c)?,
-            fch_gelu: dev.zeros(4 * b * c)?,
-            acc: dev.zeros(b * (4 * c).max(v))?,
-            probs: dev.zeros(b * nh * mt)?,
-            logits: dev.zeros(b * v)?,
+            cache: Cache::alloc(dev, &self.cfg, b)?,
+            scratch: Scratch {
+                acc: dev.zeros(b * (4 * c).max(v))?,
+                probs: dev.zeros(b * nh * mt)?,
+                w32: dev.zeros(0)?,
+                x32: dev.zeros(0)?,
+            },
         })
     }
 
@@ -1112,172 +1099,14 @@ impl<'d> DeviceGpt<'d> {
         pos: usize,
         logits: &mut [f32],
     ) -> Result<()> {
-        let GptConfig {
-            vocab: v,
-            context: mt,
-            d_model: c,
-            layers: nl,
-            heads: nh,
-        } = self.cfg;
-        let b = kc.b;
-        check_tokens(&self.cfg, "decode_step", tokens, b, 1)?;
-        if pos >= mt {
-            return Err(ModelError::TooLong {
-                op: "decode_step",
-                t: pos + 1,
-                context: mt,
-            }
-            .into());
-        }
-        if logits.len() != b * v || kc.k.len() != nl * b * mt * c {
-            return Err(ModelError::Shape {
-                op: "decode_step",
-                expected: b * v,
-                got: logits.len(),
-            }
-            .into());
-        }
-        let dev = self.dev;
-        let p = |id: ParamId, l: usize| self.p(id, l);
-        let bc = b * c;
-        dev.write(&mut kc.tokens, tokens)?;
-        launch(
-            dev,
-            "encoder_fwd_v1",
-            bc,
-            &[
-                kc.x.arg(),
-                kc.tokens.arg(),
-                p(ParamId::Wte, 0)?.arg(),
-                p(ParamId::Wpe, 0)?.arg(),
-                Arg::I32(ci("B", b)?),
-                Arg::I32(1),
-                Arg::I32(ci("pos", pos)?),
-                Arg::I32(ci("C", c)?),
-            ],
-        )?;
-        let cache_n = b * mt * c;
-        for l in 0..nl {
-            layernorm_forward(
-                dev,
-                kc.ln.all(),
-                kc.mean.all(),
-                kc.rstd.all(),
-                kc.x.all(),
-                p(ParamId::Ln1W, l)?,
-                p(ParamId::Ln1B, l)?,
-                (b, c),
-            )?;
-            matmul_forward(
-                dev,
-                kc.qkv.all(),
-                kc.ln.all(),
-                p(ParamId::QkvW, l)?,
-                Some(p(ParamId::QkvB, l)?),
-                &mut kc.acc,
-                (b, c, 3 * c),
-            )?;
-            let (lk, lv) = (at(&kc.k, l, cache_n)?, at(&kc.v, l, cache_n)?);
-            launch(
-                dev,
-                "kv_append_v1",
-                bc,
-                &[
-                    lk.arg(),
-                    lv.arg(),
-                    kc.qkv.arg(),
-                    Arg::I32(ci("B", b)?),
-                    Arg::I32(ci("pos", pos)?),
-                    Arg::I32(ci("maxT", mt)?),
-                    Arg::I32(ci("C", c)?),
-                ],
-            )?;
-            launch(
-                dev,
-                "attention_decode_v1",
-                b * nh,
-                &[
-                    kc.atty.arg(),
-                    kc.probs.arg(),
-                    kc.qkv.arg(),
-                    lk.arg(),
-                    lv.arg(),
-                    Arg::I32(ci("B", b)?),
-                    Arg::I32(ci("pos", pos)?),
-                    Arg::I32(ci("maxT", mt)?),
-                    Arg::I32(ci("C", c)?),
-                    Arg::I32(ci("NH", nh)?),
-                ],
-            )?;
-            matmul_forward(
-                dev,
-                kc.proj.all(),
-                kc.atty.all(),
-                p(ParamId::AttProjW, l)?,
-                Some(p(ParamId::AttProjB, l)?),
-                &mut kc.acc,
-                (b, c, c),
-            )?;
-            residual_forward(dev, kc.x2.all(), kc.x.all(), kc.proj.all())?;
-            layernorm_forward(
-                dev,
-                kc.ln.all(),
-                kc.mean.all(),
-                kc.rstd.all(),
-                kc.x2.all(),
-                p(ParamId::Ln2W, l)?,
-                p(ParamId::Ln2B, l)?,
-                (b, c),
-            )?;
-            matmul_forward(
-                dev,
-                kc.fch.all(),
-                kc.ln.all(),
-                p(ParamId::FcW, l)?,
-                Some(p(ParamId::FcB, l)?),
-                &mut kc.acc,
-                (b, c, 4 * c),
-            )?;
-            launch(
-                dev,
-                "gelu_fwd_v1",
-                4 * bc,
-                &[
-                    kc.fch_gelu.arg(),
-                    kc.fch.arg(),
-                    Arg::I32(ci("B·4C", 4 * bc)?),
-                ],
-            )?;
-            matmul_forward(
-                dev,
-                kc.proj.all(),
-                kc.fch_gelu.all(),
-                p(ParamId::FcProjW, l)?,
-                Some(p(ParamId::FcProjB, l)?),
-                &mut kc.acc,
-                (b, 4 * c, c),
-            )?;
-            residual_forward(dev, kc.x.all(), kc.x2.all(), kc.proj.all())?;
-        }
-        layernorm_forward(
-            dev,
-            kc.ln.all(),
-            kc.mean.all(),
-            kc.rstd.all(),
-            kc.x.all(),
-            p(ParamId::LnfW, 0)?,
-            p(ParamId::LnfB, 0)?,
-            (b, c),
-        )?;
-        logits_forward(
-            dev,
-            &mut kc.logits,
-            kc.ln.all(),
-            p(ParamId::Wte, 0)?,
-            (b, c, v),
-        )?;
-        logits.copy_from_slice(&dev.dtoh(&kc.logits)?);
-        Ok(())
+        let mut x = DevExec {
+            dev: self.dev,
+            params: &self.params,
+            layout: &self.layout,
+            grads: None,
+            s: &mut kc.scratch,
+        };
+        seq::decode_step(&mut x, &self.cfg, &mut kc.cache, tokens, pos, logits)
     }
 
     /// Samples `max_new` tokens after prompts (B, P) with a device KV cache; the draw happens
@@ -1292,107 +1121,26 @@ impl<'d> DeviceGpt<'d> {
         rng: &mut ChaCha8Rng,
         mask: Option<&mut MaskFn>,
     ) -> Result<Samples> {
-        let mut cache: Option<DevKvCache> = None;
-        sample_with(
-            &self.cfg,
-            prompts,
-            b,
-            p,
-            params,
-            rng,
-            mask,
-            |tokens, pos, logits| {
-                let c = match cache.as_mut() {
-                    Some(c) => c,
-                    None => cache.insert(self.kv_cache(b)?),
-                };
-                self.decode_step(c, tokens, pos, logits)
-            },
-        )
+        sample_with(self, prompts, b, p, params, rng, mask)
     }
 }
 
-/// logits (N, V) f32 = inp (N, C) · wteᵀ: `gemm(T, N, m = V, n = N, k = C)`.
-fn logits_forward(
-    dev: &Device,
-    logits: &mut DevBuf<f32>,
-    inp: View<f16>,
-    wte: View<f16>,
-    (n, c, v): (usize, usize, usize),
-) -> Result<()> {
-    let g = Gemm {
-        transa: Trans::T,
-        transb: Trans::N,
-        m: v,
-        n,
-        k: c,
-        alpha: 1.0,
-        lda: c,
-        ldb: c,
-        beta: 0.0,
-        ldc: v,
-    };
-    dev.gemm(&g, wte, inp, logits.view_mut(0..n * v)?)
-}
-
-/// dinp (N, K) = dout · wᵀ (overwritten); dw (K, M) += inpᵀ · dout; dbias (M) += Σ_rows dout,
-/// with dw and dbias at ranges `rw`, `rb` of the gradient buffer.
-///
-/// Column-major: `dinpᵀ (K×N) = W (K×M) · doutᵀ`, i.e. `gemm(T, N, m = K, n = N, k = M)` on the
-/// stored `Wᵀ`; `dWᵀ (M×K) = doutᵀ (M×N) · inp (N×K)`, i.e. `gemm(N, T, m = M, n = K, k = N)`.
-#[allow(clippy::too_many_arguments)]
-fn matmul_backward(
-    dev: &Device,
-    dinp: ViewMut<f32>,
-    grads: &mut DevBuf<f32>,
-    (rw, rb): (std::ops::Range<usize>, std::ops::Range<usize>),
-    dout: View<f32>,
-    inp: View<f16>,
-    w: View<f16>,
-    s: Scratch,
-    dims: (usize, usize, usize),
-) -> Result<()> {
-    // dW (a GEMM output) needs the buffer mutably; dbias is written by a kernel through a
-    // shared view afterwards, so the two borrows do not overlap.
-    let dw = grads.view_mut(rw)?;
-    let (n, k, m) = dims;
-    widen(dev, s.w32, w)?;
-    widen(dev, s.x32, inp)?;
-    let g = Gemm {
-        transa: Trans::T,
-        transb: Trans::N,
-        m: k,
-        n,
-        k: m,
-        alpha: 1.0,
-        lda: m,
-        ldb: m,
-        beta: 0.0,
-        ldc: k,
-    };
-    dev.gemm(&g, s.w32.view(0..k * m)?, dout, dinp)?;
-    let g = Gemm {
-        transa: Trans::N,
-        transb: Trans::T,
-        m,
-        n: k,
-        k: n,
-        alpha: 1.0,
-        lda: m,
-        ldb: k,
-        beta: 1.0,
-        ldc: m,
-    };
-    dev.gemm(&g, dout, s.x32.view(0..n * k)?, dw)?;
-    launch(
-        dev,
-        "bias_grad_v1",
-        m,
-        &[
-            grads.view(rb)?.arg(),
-            dout.arg(),
-            Arg::I32(ci("N", n)?),
-            Arg::I32(ci("OC", m)?),
-        ],
-    )
+impl Decode for DeviceGpt<'_> {
+    type Cache = DevKvCache;
+    type Error = Error;
+    fn cfg(&self) -> &GptConfig {
+        &self.cfg
+    }
+    fn cache(&self, b: usize) -> Result<DevKvCache> {
+        self.kv_cache(b)
+    }
+    fn step(
+        &self,
+        c: &mut DevKvCache,
+        tokens: &[u32],
+        pos: usize,
+        logits: &mut [f32],
+    ) -> Result<()> {
+        self.decode_step(c, tokens, pos, logits)
+    }
 }

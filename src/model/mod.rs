@@ -10,14 +10,16 @@
 //! gradients, activation gradients and logits are `f32`; AdamW keeps `f32` master weights.
 //!
 //! Read in this order: [`config`] (the config and its errors), [`params`] (the parameter layout,
-//! Hugging Face GPT-2 names), [`acts`] (the activation layout), [`cpu`] (the op list: one function
-//! per op, forward and backward), [`gpt`] (the model: the op sequence), [`adamw`], [`sample`]
-//! (KV-cache decoding) and [`checkpoint`] (safetensors).
+//! Hugging Face GPT-2 names), [`seq`] (the architecture: forward, backward and decoding, written
+//! once), [`exec`] (the op list those run on, as a trait, and the storage they write into),
+//! [`acts`] (the activation layout), [`cpu`] (the CPU ops: one function per op, forward and
+//! backward) and [`host`] (the CPU executor over them), [`gpt`] (the CPU model), [`adamw`],
+//! [`sample`] (KV-cache sampling) and [`checkpoint`] (safetensors).
 //!
 //! The device path ([`device::DeviceGpt`]) reuses [`params::ParamLayout`] and the activation layout
-//! unchanged and runs the same op sequence as [`gpt::Gpt::forward`] / [`gpt::Gpt::backward`] with
-//! the kernels of `kernels/gpt.cu` and [`crate::device::Device::gemm`] (cuBLAS on a GPU, an f32
-//! CPU GEMM on the emulator); its logits go through the fused loss-head kernels
+//! unchanged and runs the same [`seq`] functions through its executor, with the kernels of
+//! `kernels/gpt.cu` and [`crate::device::Device::gemm`] (cuBLAS on a GPU, an f32 CPU GEMM on the
+//! emulator); its logits go through the fused loss-head kernels
 //! ([`device::DeviceGpt::loss_head`]) and their gradient back through the model. [`file`] is
 //! `aem model init` / `aem model forward`.
 //!
@@ -28,10 +30,13 @@ pub mod config;
 pub mod cpu;
 pub mod device;
 pub mod elem;
+pub mod exec;
 pub mod file;
 pub mod gpt;
+pub mod host;
 pub mod params;
 pub mod sample;
+pub mod seq;
 
 pub use adamw::{AdamW, AdamWConfig};
 pub use checkpoint::{load_checkpoint, save_checkpoint, Checkpoint};

@@ -3,9 +3,10 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::cpu::{self, AttnShape};
+use super::acts::Cache;
 use super::gpt::check_tokens;
-use super::params::ParamId;
+use super::host::{CpuExec, Host};
+use super::seq;
 use super::{Elem, Gpt, GptConfig, ModelError, Result};
 
 /// Sampling settings.
@@ -37,66 +38,13 @@ pub struct Samples {
 /// tokens so far (P + i) and `valid` (V) preset to all `true`; set forbidden tokens to `false`.
 pub type MaskFn<'a> = dyn FnMut(usize, &[u32], &mut [bool]) + 'a;
 
-/// Keys and values of every layer for B sequences, plus decoding scratch.
-#[derive(Debug, Clone)]
-pub struct KvCache<E> {
-    /// B
-    pub b: usize,
-    /// (L, B, maxT, C) E
-    pub k: Vec<E>,
-    /// (L, B, maxT, C) E
-    pub v: Vec<E>,
-    /// (B, C) E: residual stream of the current position.
-    x: Vec<E>,
-    /// (B, C) E
-    x2: Vec<E>,
-    /// (B, C) E
-    ln: Vec<E>,
-    /// (B) f32
-    mean: Vec<f32>,
-    /// (B) f32
-    rstd: Vec<f32>,
-    /// (B, 3C) E
-    qkv: Vec<E>,
-    /// (B, C) E
-    atty: Vec<E>,
-    /// (B, C) E
-    proj: Vec<E>,
-    /// (B, 4C) E
-    fch: Vec<E>,
-    /// (B, 4C) E
-    fch_gelu: Vec<E>,
-}
+/// Keys and values of every layer for B sequences, plus decoding scratch, on the host.
+pub type KvCache<E> = Cache<Host<E>>;
 
-impl<E: Elem> KvCache<E> {
+impl<E: Elem> Cache<Host<E>> {
     /// An empty cache for B sequences of up to maxT tokens.
     pub fn new(cfg: &GptConfig, b: usize) -> Result<Self> {
-        let (c, l, t) = (cfg.d_model, cfg.layers, cfg.context);
-        let n = l
-            .checked_mul(b)
-            .and_then(|x| x.checked_mul(t))
-            .and_then(|x| x.checked_mul(c))
-            .filter(|n| {
-                n.checked_mul(std::mem::size_of::<E>())
-                    .is_some_and(|by| isize::try_from(by).is_ok())
-            })
-            .ok_or(ModelError::Overflow { what: "kv cache" })?;
-        let z = |k: usize| vec![E::default(); k];
-        Ok(Self {
-            b,
-            k: z(n),
-            v: z(n),
-            x: z(b * c),
-            x2: z(b * c),
-            ln: z(b * c),
-            mean: vec![0.0; b],
-            rstd: vec![0.0; b],
-            qkv: z(3 * b * c),
-            atty: z(b * c),
-            proj: z(b * c),
-            fch: z(4 * b * c),
-            fch_gelu: z(4 * b * c),
-        })
+        Cache::alloc(&(), cfg, b)
     }
 }
 
@@ -110,118 +58,13 @@ impl<E: Elem> Gpt<E> {
         pos: usize,
         logits: &mut [f32],
     ) -> Result<()> {
-        let GptConfig {
-            vocab: v,
-            context: max_t,
-            d_model: c,
-            layers: nl,
-            heads: nh,
-        } = *self.config();
-        let b = cache.b;
-        self.check_tokens("decode_step", tokens, b, 1)?;
-        if pos >= max_t {
-            return Err(ModelError::TooLong {
-                op: "decode_step",
-                t: pos + 1,
-                context: max_t,
-            });
-        }
-        let cache_len = nl * b * max_t * c;
-        if cache.k.len() != cache_len || cache.v.len() != cache_len || cache.x.len() != b * c {
-            return Err(ModelError::Shape {
-                op: "decode_step cache",
-                expected: cache_len,
-                got: cache.k.len(),
-            });
-        }
-        if logits.len() != b * v {
-            return Err(ModelError::Shape {
-                op: "decode_step",
-                expected: b * v,
-                got: logits.len(),
-            });
-        }
-        let (params, lay) = (self.params(), self.layout());
-        let p = |id: ParamId, l: usize| &params[lay.layer_range(id, l)];
-        let shape = AttnShape { t: 1, c, nh };
-        let kc = cache;
-        cpu::encoder_forward(
-            &mut kc.x,
-            tokens,
-            p(ParamId::Wte, 0),
-            p(ParamId::Wpe, 0),
-            1,
-            pos,
-            c,
-        );
-        for l in 0..nl {
-            cpu::layernorm_forward(
-                &mut kc.ln,
-                &mut kc.mean,
-                &mut kc.rstd,
-                &kc.x,
-                p(ParamId::Ln1W, l),
-                p(ParamId::Ln1B, l),
-                c,
-            );
-            cpu::matmul_forward(
-                &mut kc.qkv,
-                &kc.ln,
-                p(ParamId::QkvW, l),
-                Some(p(ParamId::QkvB, l)),
-                (b, c, 3 * c),
-            )?;
-            let lk = &mut kc.k[l * b * max_t * c..][..b * max_t * c];
-            let lv = &mut kc.v[l * b * max_t * c..][..b * max_t * c];
-            for (bi, row) in kc.qkv.chunks_exact(3 * c).enumerate() {
-                lk[(bi * max_t + pos) * c..][..c].copy_from_slice(&row[c..2 * c]);
-                lv[(bi * max_t + pos) * c..][..c].copy_from_slice(&row[2 * c..]);
-            }
-            cpu::attention_decode(&mut kc.atty, &kc.qkv, lk, lv, pos, max_t, shape);
-            cpu::matmul_forward(
-                &mut kc.proj,
-                &kc.atty,
-                p(ParamId::AttProjW, l),
-                Some(p(ParamId::AttProjB, l)),
-                (b, c, c),
-            )?;
-            cpu::residual_forward(&mut kc.x2, &kc.x, &kc.proj);
-            cpu::layernorm_forward(
-                &mut kc.ln,
-                &mut kc.mean,
-                &mut kc.rstd,
-                &kc.x2,
-                p(ParamId::Ln2W, l),
-                p(ParamId::Ln2B, l),
-                c,
-            );
-            cpu::matmul_forward(
-                &mut kc.fch,
-                &kc.ln,
-                p(ParamId::FcW, l),
-                Some(p(ParamId::FcB, l)),
-                (b, c, 4 * c),
-            )?;
-            cpu::gelu_forward(&mut kc.fch_gelu, &kc.fch);
-            cpu::matmul_forward(
-                &mut kc.proj,
-                &kc.fch_gelu,
-                p(ParamId::FcProjW, l),
-                Some(p(ParamId::FcProjB, l)),
-                (b, 4 * c, c),
-            )?;
-            cpu::residual_forward(&mut kc.x, &kc.x2, &kc.proj);
-        }
-        cpu::layernorm_forward(
-            &mut kc.ln,
-            &mut kc.mean,
-            &mut kc.rstd,
-            &kc.x,
-            p(ParamId::LnfW, 0),
-            p(ParamId::LnfB, 0),
-            c,
-        );
-        cpu::logits_forward(logits, &kc.ln, p(ParamId::Wte, 0), (b, c, v))
+        let mut x = CpuExec {
+            params: self.params(),
+            layout: self.layout(),
+            grads: None,
+            profile: None,
+        };
+        seq::decode_step(&mut x, self.config(), cache, tokens, pos, logits)
     }
 
     /// Samples `max_new` tokens after prompts (B, P) with a KV cache. Rows draw from `rng` in
@@ -235,41 +78,64 @@ impl<E: Elem> Gpt<E> {
         rng: &mut ChaCha8Rng,
         mask: Option<&mut MaskFn>,
     ) -> Result<Samples> {
-        let mut cache: Option<KvCache<E>> = None;
-        sample_with(
-            self.config(),
-            prompts,
-            b,
-            p,
-            params,
-            rng,
-            mask,
-            |tokens, pos, logits| {
-                let c = match cache.as_mut() {
-                    Some(c) => c,
-                    None => cache.insert(KvCache::new(self.config(), b)?),
-                };
-                self.decode_step(c, tokens, pos, logits)
-            },
-        )
+        sample_with(self, prompts, b, p, params, rng, mask)
+    }
+}
+
+/// A model that decodes with a KV cache: what the sampling loop of every backend needs.
+pub(crate) trait Decode {
+    /// The KV cache.
+    type Cache;
+    /// The backend's error.
+    type Error: From<ModelError>;
+    /// The config.
+    fn cfg(&self) -> &GptConfig;
+    /// An empty cache for B sequences.
+    fn cache(&self, b: usize) -> std::result::Result<Self::Cache, Self::Error>;
+    /// One decoding step: tokens (B) at `pos`, logits (B, V) f32 out.
+    fn step(
+        &self,
+        cache: &mut Self::Cache,
+        tokens: &[u32],
+        pos: usize,
+        logits: &mut [f32],
+    ) -> std::result::Result<(), Self::Error>;
+}
+
+impl<E: Elem> Decode for Gpt<E> {
+    type Cache = KvCache<E>;
+    type Error = ModelError;
+    fn cfg(&self) -> &GptConfig {
+        self.config()
+    }
+    fn cache(&self, b: usize) -> Result<KvCache<E>> {
+        KvCache::new(self.config(), b)
+    }
+    fn step(
+        &self,
+        c: &mut KvCache<E>,
+        tokens: &[u32],
+        pos: usize,
+        logits: &mut [f32],
+    ) -> Result<()> {
+        self.decode_step(c, tokens, pos, logits)
     }
 }
 
 /// The sampling loop of every backend: checks the settings and prompts, then for each position
-/// feeds one token per sequence through `step(tokens (B), pos, logits (B, V) f32)` (a decoding
-/// step with a KV cache) and draws the next tokens on the host with [`pick`]. Rows draw from
-/// `rng` in order.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn sample_with<Er: From<ModelError>>(
-    cfg: &GptConfig,
+/// feeds one token per sequence through a decoding step of `model` (its KV cache made at the
+/// first step) and draws the next tokens on the host with [`pick`]. Rows draw from `rng` in
+/// order.
+pub(crate) fn sample_with<D: Decode>(
+    model: &D,
     prompts: &[u32],
     b: usize,
     p: usize,
     params: &SampleParams,
     rng: &mut ChaCha8Rng,
     mut mask: Option<&mut MaskFn>,
-    mut step: impl FnMut(&[u32], usize, &mut [f32]) -> std::result::Result<(), Er>,
-) -> std::result::Result<Samples, Er> {
+) -> std::result::Result<Samples, D::Error> {
+    let cfg = model.cfg();
     let SampleParams {
         max_new,
         temperature,
@@ -310,11 +176,16 @@ pub(crate) fn sample_with<Er: From<ModelError>>(
     let mut valid = vec![true; v];
     let mut z = vec![0.0f32; v];
     let mut step_tokens = vec![0u32; b];
+    let mut cache = None;
     for pos in 0..len.saturating_sub(1) {
         for (st, row) in step_tokens.iter_mut().zip(out.tokens.chunks_exact(len)) {
             *st = row[pos];
         }
-        step(&step_tokens, pos, &mut logits)?;
+        let c = match cache.as_mut() {
+            Some(c) => c,
+            None => cache.insert(model.cache(b)?),
+        };
+        model.step(c, &step_tokens, pos, &mut logits)?;
         if pos + 1 < p {
             continue;
         }
