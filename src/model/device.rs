@@ -24,7 +24,7 @@ use super::params::{ParamId, ParamLayout};
 use super::sample::{sample_with, Decode, MaskFn, SampleParams, Samples};
 use super::seq;
 use super::{Gpt, GptConfig, ModelError};
-use crate::device::{Arg, DevBuf, Device, Gemm, LaunchCfg, Trans, View, ViewMut};
+use crate::device::{kernels, DevBuf, Device, Gemm, LaunchCfg, Trans, View, ViewMut};
 use crate::error::{Error, Result};
 use crate::head::launch::{loss_head_resident, GradDst, HeadStats, Plan};
 use crate::head::{HeadConfig, HeadInputs};
@@ -36,19 +36,15 @@ fn ci(what: &'static str, n: usize) -> Result<i32> {
     i32::try_from(n).map_err(|_| Error::shape(what, "a count below 2^31", n))
 }
 
-/// Launches a thread-per-item kernel over `items` threads.
-fn launch(dev: &Device, kernel: &'static str, items: usize, args: &[Arg]) -> Result<()> {
+/// The launch configuration of a thread-per-item kernel over `items` threads.
+fn items(kernel: &'static str, items: usize) -> Result<LaunchCfg> {
     let grid = u32::try_from(items.div_ceil(BLOCK as usize))
         .map_err(|_| Error::shape(kernel, "< 2^32 blocks", items))?;
-    dev.launch(
-        kernel,
-        LaunchCfg {
-            grid,
-            block: BLOCK,
-            smem: 0,
-        },
-        args,
-    )
+    Ok(LaunchCfg {
+        grid,
+        block: BLOCK,
+        smem: 0,
+    })
 }
 
 /// The device store: f16 storage, f32 and u32 tensors in [`DevBuf`]s.
@@ -160,12 +156,12 @@ fn widen(dev: &Device, dst: &DevBuf<f32>, src: View<f16>) -> Result<()> {
     if dst.len() < n {
         return Err(Error::shape("widen", format!(">= {n} elements"), dst.len()));
     }
-    launch(
-        dev,
-        "cast_f16_f32_v1",
-        n,
-        &[dst.arg(), src.arg(), Arg::I32(ci("widen", n)?)],
-    )
+    kernels::CastF16F32V1 {
+        out: dst.ptr(),
+        inp: src.ptr(),
+        n: ci("widen", n)?,
+    }
+    .launch(dev, items(kernels::CastF16F32V1::NAME, n)?)
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -219,21 +215,17 @@ impl Exec for DevExec<'_> {
         tokens: Rd<'_, DevBuf<u32>>,
         (n, t, pos0, c): (usize, usize, usize, usize),
     ) -> Result<()> {
-        launch(
-            self.dev,
-            "encoder_fwd_v1",
-            n * c,
-            &[
-                out.view()?.arg(),
-                tokens.view()?.arg(),
-                self.p(ParamId::Wte, 0)?.arg(),
-                self.p(ParamId::Wpe, 0)?.arg(),
-                Arg::I32(ci("N", n)?),
-                Arg::I32(ci("T", t)?),
-                Arg::I32(ci("pos", pos0)?),
-                Arg::I32(ci("C", c)?),
-            ],
-        )
+        kernels::EncoderFwdV1 {
+            out: out.view()?.ptr(),
+            tokens: tokens.view()?.ptr(),
+            wte: self.p(ParamId::Wte, 0)?.ptr(),
+            wpe: self.p(ParamId::Wpe, 0)?.ptr(),
+            n: ci("N", n)?,
+            t: ci("T", t)?,
+            pos0: ci("pos", pos0)?,
+            c: ci("C", c)?,
+        }
+        .launch(self.dev, items(kernels::EncoderFwdV1::NAME, n * c)?)
     }
 
     fn layernorm_fwd(
@@ -246,21 +238,17 @@ impl Exec for DevExec<'_> {
         l: usize,
         (n, c): (usize, usize),
     ) -> Result<()> {
-        launch(
-            self.dev,
-            "layernorm_fwd_v1",
-            n,
-            &[
-                out.view()?.arg(),
-                mean.view()?.arg(),
-                rstd.view()?.arg(),
-                inp.view()?.arg(),
-                self.p(ln.w, l)?.arg(),
-                self.p(ln.b, l)?.arg(),
-                Arg::I32(ci("N", n)?),
-                Arg::I32(ci("C", c)?),
-            ],
-        )
+        kernels::LayernormFwdV1 {
+            out: out.view()?.ptr(),
+            mean: mean.view()?.ptr(),
+            rstd: rstd.view()?.ptr(),
+            inp: inp.view()?.ptr(),
+            w: self.p(ln.w, l)?.ptr(),
+            b: self.p(ln.b, l)?.ptr(),
+            n: ci("N", n)?,
+            c: ci("C", c)?,
+        }
+        .launch(self.dev, items(kernels::LayernormFwdV1::NAME, n)?)
     }
 
     /// A GEMM into the f32 scratch, then a kernel adds the bias and rounds to f16.
@@ -287,18 +275,14 @@ impl Exec for DevExec<'_> {
         let (w, b) = (self.p(lin.w, l)?, self.p(lin.b, l)?);
         let acc = &mut self.s.acc;
         self.dev.gemm(&g, w, inp.view()?, acc.view_mut(0..n * m)?)?;
-        launch(
-            self.dev,
-            "bias_add_cast_v1",
-            n * m,
-            &[
-                out.view()?.arg(),
-                acc.arg(),
-                b.arg(),
-                Arg::I32(ci("N", n)?),
-                Arg::I32(ci("OC", m)?),
-            ],
-        )
+        kernels::BiasAddCastV1 {
+            out: out.view()?.ptr(),
+            acc: acc.ptr(),
+            bias: b.ptr(),
+            n: ci("N", n)?,
+            oc: ci("OC", m)?,
+        }
+        .launch(self.dev, items(kernels::BiasAddCastV1::NAME, n * m)?)
     }
 
     fn attention_fwd(
@@ -308,21 +292,17 @@ impl Exec for DevExec<'_> {
         qkv: Rd<'_, DevBuf<f16>>,
         Heads { b, t, c, nh }: Heads,
     ) -> Result<()> {
-        launch(
-            self.dev,
-            "attention_fwd_v1",
-            b * nh * t,
-            &[
-                atty.view()?.arg(),
-                att.view()?.arg(),
-                self.s.probs.arg(),
-                qkv.view()?.arg(),
-                Arg::I32(ci("B", b)?),
-                Arg::I32(ci("T", t)?),
-                Arg::I32(ci("C", c)?),
-                Arg::I32(ci("NH", nh)?),
-            ],
-        )
+        kernels::AttentionFwdV1 {
+            atty: atty.view()?.ptr(),
+            att: att.view()?.ptr(),
+            probs: self.s.probs.ptr(),
+            qkv: qkv.view()?.ptr(),
+            b: ci("B", b)?,
+            t: ci("T", t)?,
+            c: ci("C", c)?,
+            nh: ci("NH", nh)?,
+        }
+        .launch(self.dev, items(kernels::AttentionFwdV1::NAME, b * nh * t)?)
     }
 
     fn residual_fwd(
@@ -332,31 +312,23 @@ impl Exec for DevExec<'_> {
         b: Rd<'_, DevBuf<f16>>,
     ) -> Result<()> {
         let n = out.len;
-        launch(
-            self.dev,
-            "residual_fwd_v1",
-            n,
-            &[
-                out.view()?.arg(),
-                a.view()?.arg(),
-                b.view()?.arg(),
-                Arg::I32(ci("residual", n)?),
-            ],
-        )
+        kernels::ResidualFwdV1 {
+            out: out.view()?.ptr(),
+            a: a.view()?.ptr(),
+            b: b.view()?.ptr(),
+            n: ci("residual", n)?,
+        }
+        .launch(self.dev, items(kernels::ResidualFwdV1::NAME, n)?)
     }
 
     fn gelu_fwd(&mut self, out: Wr<'_, DevBuf<f16>>, inp: Rd<'_, DevBuf<f16>>) -> Result<()> {
         let n = out.len;
-        launch(
-            self.dev,
-            "gelu_fwd_v1",
-            n,
-            &[
-                out.view()?.arg(),
-                inp.view()?.arg(),
-                Arg::I32(ci("gelu", n)?),
-            ],
-        )
+        kernels::GeluFwdV1 {
+            out: out.view()?.ptr(),
+            inp: inp.view()?.ptr(),
+            n: ci("gelu", n)?,
+        }
+        .launch(self.dev, items(kernels::GeluFwdV1::NAME, n)?)
     }
 
     /// `gemm(T, N, m = V, n = N, k = C)`.
@@ -391,20 +363,16 @@ impl Exec for DevExec<'_> {
             b, pos, max_t, c, ..
         }: Step,
     ) -> Result<()> {
-        launch(
-            self.dev,
-            "kv_append_v1",
-            b * c,
-            &[
-                k.view()?.arg(),
-                v.view()?.arg(),
-                qkv.view()?.arg(),
-                Arg::I32(ci("B", b)?),
-                Arg::I32(ci("pos", pos)?),
-                Arg::I32(ci("maxT", max_t)?),
-                Arg::I32(ci("C", c)?),
-            ],
-        )
+        kernels::KvAppendV1 {
+            kc: k.view()?.ptr(),
+            vc: v.view()?.ptr(),
+            qkv: qkv.view()?.ptr(),
+            b: ci("B", b)?,
+            pos: ci("pos", pos)?,
+            maxt: ci("maxT", max_t)?,
+            c: ci("C", c)?,
+        }
+        .launch(self.dev, items(kernels::KvAppendV1::NAME, b * c)?)
     }
 
     fn attention_decode(
@@ -421,33 +389,29 @@ impl Exec for DevExec<'_> {
             nh,
         }: Step,
     ) -> Result<()> {
-        launch(
-            self.dev,
-            "attention_decode_v1",
-            b * nh,
-            &[
-                out.view()?.arg(),
-                self.s.probs.arg(),
-                qkv.view()?.arg(),
-                k.view()?.arg(),
-                v.view()?.arg(),
-                Arg::I32(ci("B", b)?),
-                Arg::I32(ci("pos", pos)?),
-                Arg::I32(ci("maxT", max_t)?),
-                Arg::I32(ci("C", c)?),
-                Arg::I32(ci("NH", nh)?),
-            ],
-        )
+        kernels::AttentionDecodeV1 {
+            out: out.view()?.ptr(),
+            probs: self.s.probs.ptr(),
+            qkv: qkv.view()?.ptr(),
+            kc: k.view()?.ptr(),
+            vc: v.view()?.ptr(),
+            b: ci("B", b)?,
+            pos: ci("pos", pos)?,
+            maxt: ci("maxT", max_t)?,
+            c: ci("C", c)?,
+            nh: ci("NH", nh)?,
+        }
+        .launch(self.dev, items(kernels::AttentionDecodeV1::NAME, b * nh)?)
     }
 
     fn fill_zero(&mut self, out: Wr<'_, DevBuf<f32>>) -> Result<()> {
         let n = out.len;
-        launch(
-            self.dev,
-            "fill_f32_v1",
-            n,
-            &[out.view()?.arg(), Arg::F32(0.0), Arg::I32(ci("fill", n)?)],
-        )
+        kernels::FillF32V1 {
+            x: out.view()?.ptr(),
+            value: 0.0,
+            n: ci("fill", n)?,
+        }
+        .launch(self.dev, items(kernels::FillF32V1::NAME, n)?)
     }
 
     /// logits = lnf · wteᵀ: dlnf = dlogits · wte, dwte += dlogitsᵀ · lnf.
@@ -519,37 +483,29 @@ impl Exec for DevExec<'_> {
         let dev = self.dev;
         let grads = self.grads()?;
         let (dout, inp, mean, rstd) = (dout.view()?, inp.view()?, mean.view()?, rstd.view()?);
-        let (ni, cc) = (Arg::I32(ci("N", n)?), Arg::I32(ci("C", c)?));
-        launch(
-            dev,
-            "layernorm_bwd_v1",
-            n,
-            &[
-                dinp.view()?.arg(),
-                dout.arg(),
-                inp.arg(),
-                w.arg(),
-                mean.arg(),
-                rstd.arg(),
-                ni,
-                cc,
-            ],
-        )?;
-        launch(
-            dev,
-            "layernorm_bwd_params_v1",
-            c,
-            &[
-                grads.view(rw)?.arg(),
-                grads.view(rb)?.arg(),
-                dout.arg(),
-                inp.arg(),
-                mean.arg(),
-                rstd.arg(),
-                ni,
-                cc,
-            ],
-        )
+        let (ni, cc) = (ci("N", n)?, ci("C", c)?);
+        kernels::LayernormBwdV1 {
+            dinp: dinp.view()?.ptr(),
+            dout: dout.ptr(),
+            inp: inp.ptr(),
+            w: w.ptr(),
+            mean: mean.ptr(),
+            rstd: rstd.ptr(),
+            n: ni,
+            c: cc,
+        }
+        .launch(dev, items(kernels::LayernormBwdV1::NAME, n)?)?;
+        kernels::LayernormBwdParamsV1 {
+            dw: grads.view(rw)?.ptr(),
+            db: grads.view(rb)?.ptr(),
+            dout: dout.ptr(),
+            inp: inp.ptr(),
+            mean: mean.ptr(),
+            rstd: rstd.ptr(),
+            n: ni,
+            c: cc,
+        }
+        .launch(dev, items(kernels::LayernormBwdParamsV1::NAME, c)?)
     }
 
     /// Column-major: `dinpᵀ (K×N) = W (K×M) · doutᵀ`, i.e. `gemm(T, N, m = K, n = N, k = M)` on
@@ -603,17 +559,13 @@ impl Exec for DevExec<'_> {
         // shared view afterwards, so the two borrows do not overlap.
         let grads = self.grads.as_deref_mut().ok_or(ModelError::NoForward)?;
         dev.gemm(&g, dout, x32, grads.view_mut(rw)?)?;
-        launch(
-            dev,
-            "bias_grad_v1",
-            m,
-            &[
-                grads.view(rb)?.arg(),
-                dout.arg(),
-                Arg::I32(ci("N", n)?),
-                Arg::I32(ci("OC", m)?),
-            ],
-        )
+        kernels::BiasGradV1 {
+            dbias: grads.view(rb)?.ptr(),
+            dout: dout.ptr(),
+            n: ci("N", n)?,
+            oc: ci("OC", m)?,
+        }
+        .launch(dev, items(kernels::BiasGradV1::NAME, m)?)
     }
 
     fn gelu_bwd(
@@ -623,17 +575,13 @@ impl Exec for DevExec<'_> {
         dout: Rd<'_, DevBuf<f32>>,
     ) -> Result<()> {
         let n = dinp.len;
-        launch(
-            self.dev,
-            "gelu_bwd_v1",
-            n,
-            &[
-                dinp.view()?.arg(),
-                inp.view()?.arg(),
-                dout.view()?.arg(),
-                Arg::I32(ci("gelu", n)?),
-            ],
-        )
+        kernels::GeluBwdV1 {
+            dinp: dinp.view()?.ptr(),
+            inp: inp.view()?.ptr(),
+            dout: dout.view()?.ptr(),
+            n: ci("gelu", n)?,
+        }
+        .launch(self.dev, items(kernels::GeluBwdV1::NAME, n)?)
     }
 
     fn attention_bwd(
@@ -644,19 +592,27 @@ impl Exec for DevExec<'_> {
         att: Rd<'_, DevBuf<f16>>,
         Heads { b, t, c, nh }: Heads,
     ) -> Result<()> {
-        let args = [
-            dqkv.view()?.arg(),
-            self.s.probs.arg(),
-            datty.view()?.arg(),
-            qkv.view()?.arg(),
-            att.view()?.arg(),
-            Arg::I32(ci("B", b)?),
-            Arg::I32(ci("T", t)?),
-            Arg::I32(ci("C", c)?),
-            Arg::I32(ci("NH", nh)?),
-        ];
-        launch(self.dev, "attention_bwd_q_v1", b * nh * t, &args)?;
-        launch(self.dev, "attention_bwd_kv_v1", b * nh * t, &args)
+        let (dqkv, datty, qkv, att) = (dqkv.view()?, datty.view()?, qkv.view()?, att.view()?);
+        let (bi, ti, ci_, nhi) = (ci("B", b)?, ci("T", t)?, ci("C", c)?, ci("NH", nh)?);
+        // One signature, two kernels: the query half, then the key/value half.
+        macro_rules! attention_bwd {
+            ($k:ident) => {
+                kernels::$k {
+                    dqkv: dqkv.ptr(),
+                    dscores: self.s.probs.ptr(),
+                    datty: datty.ptr(),
+                    qkv: qkv.ptr(),
+                    att: att.ptr(),
+                    b: bi,
+                    t: ti,
+                    c: ci_,
+                    nh: nhi,
+                }
+                .launch(self.dev, items(kernels::$k::NAME, b * nh * t)?)
+            };
+        }
+        attention_bwd!(AttentionBwdQV1)?;
+        attention_bwd!(AttentionBwdKvV1)
     }
 
     fn encoder_bwd(
@@ -672,31 +628,23 @@ impl Exec for DevExec<'_> {
         let dev = self.dev;
         let grads = self.grads()?;
         let dout = dout.view()?;
-        launch(
-            dev,
-            "encoder_bwd_wte_v1",
-            v * c,
-            &[
-                grads.view(rte)?.arg(),
-                dout.arg(),
-                tokens.view()?.arg(),
-                Arg::I32(ci("N", n)?),
-                Arg::I32(ci("C", c)?),
-                Arg::I32(ci("V", v)?),
-            ],
-        )?;
-        launch(
-            dev,
-            "encoder_bwd_wpe_v1",
-            t * c,
-            &[
-                grads.view(rpe)?.arg(),
-                dout.arg(),
-                Arg::I32(ci("N", n)?),
-                Arg::I32(ci("T", t)?),
-                Arg::I32(ci("C", c)?),
-            ],
-        )
+        kernels::EncoderBwdWteV1 {
+            dwte: grads.view(rte)?.ptr(),
+            dout: dout.ptr(),
+            tokens: tokens.view()?.ptr(),
+            n: ci("N", n)?,
+            c: ci("C", c)?,
+            v: ci("V", v)?,
+        }
+        .launch(dev, items(kernels::EncoderBwdWteV1::NAME, v * c)?)?;
+        kernels::EncoderBwdWpeV1 {
+            dwpe: grads.view(rpe)?.ptr(),
+            dout: dout.ptr(),
+            n: ci("N", n)?,
+            t: ci("T", t)?,
+            c: ci("C", c)?,
+        }
+        .launch(dev, items(kernels::EncoderBwdWpeV1::NAME, t * c)?)
     }
 }
 
@@ -785,12 +733,12 @@ impl<'d> DeviceGpt<'d> {
     /// Sets all gradients to zero.
     pub fn zero_grad(&mut self) -> Result<()> {
         let p = self.layout.total();
-        launch(
-            self.dev,
-            "fill_f32_v1",
-            p,
-            &[self.grads.arg(), Arg::F32(0.0), Arg::I32(ci("P", p)?)],
-        )
+        kernels::FillF32V1 {
+            x: self.grads.ptr(),
+            value: 0.0,
+            n: ci("P", p)?,
+        }
+        .launch(self.dev, items(kernels::FillF32V1::NAME, p)?)
     }
 
     /// Forward pass over tokens (B, T); saves activations; returns logits (B, T, V) f32
@@ -824,16 +772,12 @@ impl<'d> DeviceGpt<'d> {
         seq::forward(&mut x, &self.cfg, &mut a.fwd, tokens)?;
         // The loss head reads f16 logits.
         let nv = n * self.cfg.vocab;
-        launch(
-            self.dev,
-            "cast_f32_f16_v1",
-            nv,
-            &[
-                a.logits16.arg(),
-                a.fwd.logits.buf().arg(),
-                Arg::I32(ci("N·V", nv)?),
-            ],
-        )?;
+        kernels::CastF32F16V1 {
+            out: a.logits16.ptr(),
+            inp: a.fwd.logits.buf().ptr(),
+            n: ci("N·V", nv)?,
+        }
+        .launch(self.dev, items(kernels::CastF32F16V1::NAME, nv)?)?;
         self.forwarded = true;
         Ok(())
     }
@@ -886,18 +830,14 @@ impl<'d> DeviceGpt<'d> {
             .into());
         }
         let m = self.dev.htod(mask)?;
-        launch(
-            self.dev,
-            "mask_logits_v1",
-            n * v,
-            &[
-                a.logits16.arg(),
-                m.arg(),
-                Arg::I32(ci("N", n)?),
-                Arg::I32(ci("V", v)?),
-                Arg::I32(ci("W", w)?),
-            ],
-        )
+        kernels::MaskLogitsV1 {
+            logits: a.logits16.ptr(),
+            mask: m.ptr(),
+            n: ci("N", n)?,
+            v: ci("V", v)?,
+            w: ci("W", w)?,
+        }
+        .launch(self.dev, items(kernels::MaskLogitsV1::NAME, n * v)?)
     }
 
     /// (B·T, V) f16: the loss head's input from the last forward (after
@@ -1005,15 +945,19 @@ impl<'d> DeviceGpt<'d> {
         o.cfg.validate()?;
         let blocks = p.div_ceil(BLOCK as usize).clamp(1, 1024);
         let partial = dev.zeros::<f32>(blocks)?;
-        dev.launch(
-            "sumsq_v1",
+        kernels::SumsqV1 {
+            partial: partial.ptr(),
+            x: self.grads.ptr(),
+            n: ci("P", p)?,
+        }
+        .launch(
+            dev,
             LaunchCfg {
                 grid: u32::try_from(blocks)
                     .map_err(|_| Error::shape("sumsq", "<= 1024", blocks))?,
                 block: BLOCK,
                 smem: 0,
             },
-            &[partial.arg(), self.grads.arg(), Arg::I32(ci("P", p)?)],
         )?;
         let norm = dev
             .dtoh(&partial)?
@@ -1026,27 +970,23 @@ impl<'d> DeviceGpt<'d> {
             let r = self.layout.range(id);
             let wd = o.cfg.decay(id);
             let len = r.len();
-            launch(
-                dev,
-                "adamw_v1",
-                len,
-                &[
-                    self.params.view(r.clone())?.arg(),
-                    o.master.view(r.clone())?.arg(),
-                    o.m.view(r.clone())?.arg(),
-                    o.v.view(r.clone())?.arg(),
-                    self.grads.view(r)?.arg(),
-                    Arg::I32(ci("P", len)?),
-                    Arg::F32(k.lr),
-                    Arg::F32(k.b1),
-                    Arg::F32(k.b2),
-                    Arg::F32(k.c1),
-                    Arg::F32(k.c2),
-                    Arg::F32(k.eps),
-                    Arg::F32(wd),
-                    Arg::F32(k.scale),
-                ],
-            )?;
+            kernels::AdamwV1 {
+                params: self.params.view(r.clone())?.ptr(),
+                master: o.master.view(r.clone())?.ptr(),
+                m: o.m.view(r.clone())?.ptr(),
+                v: o.v.view(r.clone())?.ptr(),
+                grads: self.grads.view(r)?.ptr(),
+                n: ci("P", len)?,
+                lr: k.lr,
+                beta1: k.b1,
+                beta2: k.b2,
+                c1: k.c1,
+                c2: k.c2,
+                eps: k.eps,
+                wd,
+                gscale: k.scale,
+            }
+            .launch(dev, items(kernels::AdamwV1::NAME, len)?)?;
         }
         // The saved activations were computed with the old parameters.
         self.forwarded = false;
