@@ -34,6 +34,10 @@
 //   adamw_v1                 AdamW on f32 masters, f16 copy                  thread per parameter
 //   sumsq_v1                 per-block Σ x² (the host adds the blocks in f64) grid-stride + tree
 //
+// Argument order (as in loss_head.cu): inputs (const pointers), then counts and scalars, then
+// outputs (in/out buffers included). Rust launches them through the typed launchers build.rs
+// generates from these signatures (src/device: `kernels::EncoderFwdV1 { .. }`), by name.
+//
 // Launch: every kernel takes any 1-D grid and any blockDim.x; threads past the end return. Only
 // sumsq_v1 has a barrier (blockDim.x a multiple of 32, all threads reach it).
 
@@ -51,8 +55,8 @@ __device__ __forceinline__ float aem_tanh_exp(float u) { return 1.f - 2.f / (exp
 
 // out (N, C) f16 = wte[tokens[n]] + wpe[pos0 + n mod T]; tokens (N) u32 < V (checked on the host).
 extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
-    encoder_fwd_v1(__half* out, const unsigned* tokens, const __half* wte, const __half* wpe, int N,
-                   int T, int pos0, int C) {
+    encoder_fwd_v1(const unsigned* tokens, const __half* wte, const __half* wpe, int N, int T,
+                   int pos0, int C, __half* out) {
   const long long i = aem_global_tid();
   if (i >= (long long)N * C) return;
   const long long n = i / C;
@@ -64,7 +68,7 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
 
 // dwte (V, C) f32 += Σ over rows n with tokens[n] = v of dout (N, C) f32, rows in order.
 extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
-    encoder_bwd_wte_v1(float* dwte, const float* dout, const unsigned* tokens, int N, int C, int V) {
+    encoder_bwd_wte_v1(const float* dout, const unsigned* tokens, int N, int C, int V, float* dwte) {
   const long long i = aem_global_tid();
   if (i >= (long long)V * C) return;
   const unsigned v = (unsigned)(i / C);
@@ -77,7 +81,7 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
 
 // dwpe (maxT, C) f32: rows t < T get += Σ_b dout[b·T + t] (N = B·T rows), b in order.
 extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
-    encoder_bwd_wpe_v1(float* dwpe, const float* dout, int N, int T, int C) {
+    encoder_bwd_wpe_v1(const float* dout, int N, int T, int C, float* dwpe) {
   const long long i = aem_global_tid();
   if (i >= (long long)T * C) return;
   const long long t = i / C;
@@ -93,8 +97,8 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
 
 // out (N, C) f16 = (inp − mean)·rstd·w + b; mean, rstd (N) f32 saved for the backward.
 extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
-    layernorm_fwd_v1(__half* out, float* mean, float* rstd, const __half* inp, const __half* w,
-                     const __half* b, int N, int C) {
+    layernorm_fwd_v1(const __half* inp, const __half* w, const __half* b, int N, int C, __half* out,
+                     float* mean, float* rstd) {
   const long long n = aem_global_tid();
   if (n >= N) return;
   const __half* x = inp + n * C;
@@ -116,8 +120,8 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
 
 // dinp (N, C) f32 += (w·g − mean(w·g) − norm·mean(w·g·norm))·rstd, g = dout (N, C) f32.
 extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
-    layernorm_bwd_v1(float* dinp, const float* dout, const __half* inp, const __half* w,
-                     const float* mean, const float* rstd, int N, int C) {
+    layernorm_bwd_v1(const float* dout, const __half* inp, const __half* w, const float* mean,
+                     const float* rstd, int N, int C, float* dinp) {
   const long long n = aem_global_tid();
   if (n >= N) return;
   const __half* x = inp + n * C;
@@ -141,8 +145,8 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
 
 // dw (C) f32 += Σ_n (inp − mean)·rstd·dout, db (C) f32 += Σ_n dout, rows in order.
 extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
-    layernorm_bwd_params_v1(float* dw, float* db, const float* dout, const __half* inp,
-                            const float* mean, const float* rstd, int N, int C) {
+    layernorm_bwd_params_v1(const float* dout, const __half* inp, const float* mean,
+                            const float* rstd, int N, int C, float* dw, float* db) {
   const long long c = aem_global_tid();
   if (c >= C) return;
   float aw = dw[c], ab = db[c];
@@ -161,7 +165,7 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
 
 // out (N, OC) f16 = acc (N, OC) f32 + bias (OC) f16 (bias may be NULL).
 extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
-    bias_add_cast_v1(__half* out, const float* acc, const __half* bias, int N, int OC) {
+    bias_add_cast_v1(const float* acc, const __half* bias, int N, int OC, __half* out) {
   const long long i = aem_global_tid();
   if (i >= (long long)N * OC) return;
   const float b = bias ? aem_h2f(bias[i % OC]) : 0.f;
@@ -170,7 +174,7 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
 
 // dbias (OC) f32 += Σ_n dout (N, OC) f32, rows in order.
 extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
-    bias_grad_v1(float* dbias, const float* dout, int N, int OC) {
+    bias_grad_v1(const float* dout, int N, int OC, float* dbias) {
   const long long o = aem_global_tid();
   if (o >= OC) return;
   float acc = dbias[o];
@@ -192,7 +196,7 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024) gelu_fwd_v1(__half* out, cons
 
 // dinp (n) f32 = gelu'(inp) · dout (overwritten).
 extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
-    gelu_bwd_v1(float* dinp, const __half* inp, const float* dout, int n) {
+    gelu_bwd_v1(const __half* inp, const float* dout, int n, float* dinp) {
   const long long i = aem_global_tid();
   if (i >= n) return;
   const float x = aem_h2f(inp[i]);
@@ -205,7 +209,7 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
 
 // out (n) f16 = a + b.
 extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
-    residual_fwd_v1(__half* out, const __half* a, const __half* b, int n) {
+    residual_fwd_v1(const __half* a, const __half* b, int n, __half* out) {
   const long long i = aem_global_tid();
   if (i >= n) return;
   out[i] = aem_f2h(aem_h2f(a[i]) + aem_h2f(b[i]));
@@ -239,7 +243,7 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024) fill_f32_v1(float* x, float v
 // tokens become ±65504, which is what rounding the clamped f32 logit to f16 gives (the CPU
 // path's src/train/update.rs::masked_rows); NaN stays NaN (and the head reports it).
 extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
-    mask_logits_v1(__half* logits, const unsigned* mask, int N, int V, int W) {
+    mask_logits_v1(const unsigned* mask, int N, int V, int W, __half* logits) {
   const long long i = aem_global_tid();
   if (i >= (long long)N * V) return;
   const long long n = i / V;
@@ -262,8 +266,8 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
 // atty (B, T, C) f16 and att from qkv; probs (B, NH, T, T) f32 scratch holds the unrounded
 // probabilities that P·V uses (as the CPU path, which multiplies before rounding att).
 extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
-    attention_fwd_v1(__half* atty, __half* att, float* probs, const __half* qkv, int B, int T, int C,
-                     int NH) {
+    attention_fwd_v1(const __half* qkv, int B, int T, int C, int NH, __half* atty, __half* att,
+                     float* probs) {
   const long long i = aem_global_tid();  // (b, h, t)
   if (i >= (long long)B * NH * T) return;
   const int t = (int)(i % T);
@@ -304,8 +308,8 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
 // dP[t2] = dY[t]·V[t2], dS[t2] = P[t2]·(dP[t2] − Σ P·dP)·scale (stored in dscores (B, NH, T, T)
 // f32, zero above the diagonal), dQ[t] = Σ_t2 dS[t2]·K[t2] into dqkv (B, T, 3C) f32 (overwritten).
 extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
-    attention_bwd_q_v1(float* dqkv, float* dscores, const float* datty, const __half* qkv,
-                       const __half* att, int B, int T, int C, int NH) {
+    attention_bwd_q_v1(const float* datty, const __half* qkv, const __half* att, int B, int T,
+                       int C, int NH, float* dqkv, float* dscores) {
   const long long i = aem_global_tid();  // (b, h, t)
   if (i >= (long long)B * NH * T) return;
   const int t = (int)(i % T);
@@ -336,8 +340,8 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
 // For key row t2 of (b, h): dV[t2] = Σ_{t ≥ t2} P[t, t2]·dY[t], dK[t2] = Σ_{t ≥ t2} dS[t, t2]·Q[t],
 // into dqkv (overwritten). Reads the dscores attention_bwd_q_v1 wrote.
 extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
-    attention_bwd_kv_v1(float* dqkv, const float* dscores, const float* datty, const __half* qkv,
-                        const __half* att, int B, int T, int C, int NH) {
+    attention_bwd_kv_v1(const float* dscores, const float* datty, const __half* qkv,
+                        const __half* att, int B, int T, int C, int NH, float* dqkv) {
   const long long i = aem_global_tid();  // (b, h, t2)
   if (i >= (long long)B * NH * T) return;
   const int t2 = (int)(i % T);
@@ -365,7 +369,7 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
 
 // kc, vc (B, maxT, C) f16: row pos of sequence b = k, v of qkv (B, 3C) f16.
 extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
-    kv_append_v1(__half* kc, __half* vc, const __half* qkv, int B, int pos, int maxT, int C) {
+    kv_append_v1(const __half* qkv, int B, int pos, int maxT, int C, __half* kc, __half* vc) {
   const long long i = aem_global_tid();
   if (i >= (long long)B * C) return;
   const long long b = i / C;
@@ -378,8 +382,8 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
 // One decoding step: out (B, C) f16 from the queries of qkv (B, 3C) f16 over cache rows 0..=pos
 // of kc, vc (B, maxT, C) f16; probs (B, NH, maxT) f32 scratch.
 extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
-    attention_decode_v1(__half* out, float* probs, const __half* qkv, const __half* kc,
-                        const __half* vc, int B, int pos, int maxT, int C, int NH) {
+    attention_decode_v1(const __half* qkv, const __half* kc, const __half* vc, int B, int pos,
+                        int maxT, int C, int NH, __half* out, float* probs) {
   const long long i = aem_global_tid();  // (b, h)
   if (i >= (long long)B * NH) return;
   const int h = (int)(i % NH);
@@ -418,8 +422,8 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
 // AdamW on n parameters: g = grads·gscale (the clip factor); m, v moments; master f32 weights
 // with decoupled decay wd; params (n) f16 = round(master). c1 = 1 − β1^t, c2 = 1 − β2^t.
 extern "C" __global__ void AEM_LAUNCH_BOUNDS(1024)
-    adamw_v1(__half* params, float* master, float* m, float* v, const float* grads, int n, float lr,
-             float beta1, float beta2, float c1, float c2, float eps, float wd, float gscale) {
+    adamw_v1(const float* grads, int n, float lr, float beta1, float beta2, float c1, float c2,
+             float eps, float wd, float gscale, __half* params, float* master, float* m, float* v) {
   const long long i = aem_global_tid();
   if (i >= n) return;
   const float g = grads[i] * gscale;

@@ -43,6 +43,10 @@
 //   dual clip active (−A·c < ℓ strictly, A < 0) → 0; the unclipped term is active when
 //   −Aρ ≥ −A·clip(ρ) (ties → unclipped). w_t = 1/agg_norm, or 1/(agg_norm·len_r) in mode 1.
 //
+// Argument order (every .cu file): inputs (const pointers), then counts and scalars, then
+// outputs and in/out buffers, then the AemHeadParams block. Rust calls each kernel through the
+// typed launcher build.rs generates from its signature (`kernels::TokenStatsF16V2 { .. }`).
+//
 // Block size: every block-per-row / thread-per-item kernel works for any blockDim.x that is a
 // multiple of 32 up to 1024. Reduction orders depend on blockDim.x, so bitwise comparisons
 // between kernels hold for equal blockDim.x.

@@ -12,7 +12,7 @@ mod common;
 mod train_support;
 
 use aem::cpu;
-use aem::device::{Arg, Device, LaunchCfg};
+use aem::device::{Device, LaunchCfg};
 use aem::env::{self, PromptConfig};
 use aem::head::file::{GradDtype, GradOut};
 use aem::head::launch::{self, Plan};
@@ -133,20 +133,20 @@ fn mask_logits_kernel_matches_its_contract() {
     ];
     let buf = dev.htod(&logits).unwrap();
     let m = dev.htod(&mask).unwrap();
-    dev.launch(
-        "mask_logits_v1",
+    aem::device::kernels::MaskLogitsV1 {
+        mask: m.ptr(),
+        n: n as i32,
+        v: v as i32,
+        w: w as i32,
+        logits: buf.ptr(),
+    }
+    .launch(
+        &dev,
         LaunchCfg {
             grid: (n * v).div_ceil(64) as u32,
             block: 64,
             smem: 0,
         },
-        &[
-            buf.arg(),
-            m.arg(),
-            Arg::I32(n as i32),
-            Arg::I32(v as i32),
-            Arg::I32(w as i32),
-        ],
     )
     .unwrap();
     let got = dev.dtoh(&buf).unwrap();
