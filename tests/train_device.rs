@@ -20,9 +20,7 @@ use aem::head::HeadInputs;
 use aem::model::{load_checkpoint, AdamW, DeviceGpt, Gpt, GptConfig};
 use aem::train::config::Backend;
 use aem::train::metrics::read_jsonl;
-use aem::train::policy::{
-    device_head_config, open_backend, CpuLearner, DeviceBatch, DeviceLearner, Learner,
-};
+use aem::train::policy::{open_backend, CpuLearner, DeviceBatch, DeviceLearner, Learner};
 use aem::train::rollout::{self, Rollouts};
 use aem::train::update::{self, alpha_of, masked_rows, pack, UpdateStats};
 use aem::train::{train, RunOptions, TrainConfig};
@@ -201,12 +199,13 @@ fn device_mask_equals_the_cpu_trainers_masked_logits() {
     }
 }
 
-/// The contract between trainer and kernels: the device head with λ = 0 and `adv_base = α·A_base`
-/// gives α ≡ 1, adv = α·A_base bit for bit (f32), and the loss, log-probs and dlogits of the host
-/// pipeline (`policy_loss` with α·A_base in f64), within the head's parity rule
-/// (`tests/common`: twice a plain f32 implementation's error plus 16 f32 ulps of the scale).
+/// The contract between trainer and kernels: the head's policy-update plan with the given
+/// `A = α·A_base` (`DeviceHead::update`: no α on the device, one fused launch) gives the loss,
+/// log-probs and dlogits of the host pipeline (`policy_loss` with α·A_base in f64), within the
+/// head's parity rule (`tests/common`: twice a plain f32 implementation's error plus 16 f32 ulps
+/// of the scale) — and, bit for bit, what the full head gives with λ = 0 (α ≡ 1).
 #[test]
-fn device_head_with_lambda_zero_reproduces_the_host_alpha_pipeline() {
+fn device_update_plan_reproduces_the_host_alpha_pipeline() {
     let dev = Device::emu().unwrap();
     let (mut model, ro, adv, alpha) = batch(2);
     let idx: Vec<usize> = (0..ro.turns.len()).collect();
@@ -243,18 +242,42 @@ fn device_head_with_lambda_zero_reproduces_the_host_alpha_pipeline() {
     let mut g32 = vec![0.0f32; head_logits.len()];
     cpu::policy_grad(&inp, &hcfg, &ts32, &l32, &mut g32);
 
-    let got = launch::loss_head(
+    // The update plan on device-resident logits, with the run's λ = 1 (unused by the plan).
+    let mut logits_dev = dev.htod(&head_logits).unwrap();
+    let mut dl_dev = dev.zeros::<f32>(head_logits.len()).unwrap();
+    let got = launch::loss_head_update_resident(
+        &dev,
+        &mut logits_dev,
+        &HeadInputs { logits: &[], ..inp },
+        &hcfg,
+        launch::GradDst::F32(&mut dl_dev),
+        Plan::default().block,
+    )
+    .unwrap();
+    let dl_update = dev.dtoh(&dl_dev).unwrap();
+    // The full head with λ = 0 (α ≡ 1, adv = A exactly) computes the same numbers, bit for bit.
+    let full = launch::loss_head(
         &dev,
         &inp,
-        &device_head_config(&hcfg),
+        &aem::head::HeadConfig {
+            lambda: 0.0,
+            ..hcfg.clone()
+        },
         GradDtype::F32,
         &Plan::default(),
     )
     .unwrap();
-    assert!(got.alpha.iter().all(|&a| a == 1.0), "{:?}", got.alpha);
-    let adv_bits = |x: &[f32]| x.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
-    assert_eq!(adv_bits(&got.adv), adv_bits(&adv32));
-    // …whereas λ = 1 on the device would rescale again (α twice): the two are not the same.
+    let bits = |x: &[f32]| x.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
+    assert!(full.alpha.iter().all(|&a| a == 1.0), "{:?}", full.alpha);
+    assert_eq!(bits(&full.adv), bits(&adv32));
+    assert_eq!(got.loss.to_bits(), full.loss.to_bits());
+    assert_eq!(bits(&got.logp), bits(&full.logp));
+    assert_eq!(bits(&got.token_loss), bits(&full.token_loss));
+    let GradOut::F32(dl_full) = &full.dlogits else {
+        panic!("f32 gradient expected")
+    };
+    assert_eq!(bits(&dl_update), bits(dl_full));
+    // …whereas the full head with λ = 1 would rescale again (α twice): not the same.
     assert!(alpha.iter().any(|&a| (a - 1.0).abs() > 0.05));
 
     let f = |x: &[f32]| x.iter().map(|&y| f64::from(y)).collect::<Vec<_>>();
@@ -262,7 +285,7 @@ fn device_head_with_lambda_zero_reproduces_the_host_alpha_pipeline() {
         .iter()
         .filter(|x| x.to_f32() > -65504.0)
         .fold(0.0f64, |m, x| m.max(f64::from(x.to_f32()).abs()));
-    let ctx = "trainer batch, λ = 0";
+    let ctx = "trainer batch, update plan";
     common::within(
         "loss",
         &[f64::from(got.loss)],
@@ -272,11 +295,8 @@ fn device_head_with_lambda_zero_reproduces_the_host_alpha_pipeline() {
         ctx,
     );
     common::within("logp", &f(&got.logp), &ts64.logp, &f(&ts32.logp), zmax, ctx);
-    let GradOut::F32(dl) = &got.dlogits else {
-        panic!("f32 gradient expected")
-    };
     let gmax = g64.iter().fold(0.0f64, |m, &x| m.max(f64::from(x).abs()));
-    common::within("dlogits", &f(dl), &f(&g64), &f(&g32), gmax, ctx);
+    common::within("dlogits", &f(&dl_update), &f(&g64), &f(&g32), gmax, ctx);
     assert!(gmax > 1e-4, "trivial gradient");
 }
 

@@ -258,6 +258,44 @@ pub struct HeadStats {
     pub grad_f16: bool,
 }
 
+/// What the policy-update plan ([`DeviceHead::update`]) computes but the gradient, downloaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateStats {
+    /// logp, entropy, lse, token_loss: (T) f32
+    pub logp: Vec<f32>,
+    pub entropy: Vec<f32>,
+    pub lse: Vec<f32>,
+    pub token_loss: Vec<f32>,
+    /// The scalar loss.
+    pub loss: f32,
+    /// Non-finite dlogits entries written (count mod 2^32, first row), if any.
+    pub grad_bad: Option<(u64, usize)>,
+    /// Whether the gradient was f16.
+    pub grad_f16: bool,
+}
+
+impl UpdateStats {
+    /// The finiteness check of AEM.md §7 ([`crate::head::check_outputs`]); `inp.adv_base` is
+    /// the given advantage.
+    pub fn check(&self, inp: &HeadInputs, cfg: &HeadConfig) -> Result<()> {
+        crate::head::check_outputs(
+            &crate::head::Outputs {
+                logp: &self.logp,
+                entropy: &self.entropy,
+                lse: &self.lse,
+                token_loss: &self.token_loss,
+                alpha: &[],
+                adv: inp.adv_base,
+                loss: self.loss,
+                grad_bad: self.grad_bad,
+                grad_dtype: if self.grad_f16 { "f16" } else { "f32" },
+            },
+            inp,
+            cfg,
+        )
+    }
+}
+
 impl HeadStats {
     /// The finiteness check of AEM.md §7 over these outputs ([`crate::head::check_outputs`]).
     pub fn check(&self, inp: &HeadInputs, cfg: &HeadConfig) -> Result<()> {
@@ -619,6 +657,48 @@ impl DeviceHead {
         )
     }
 
+    /// The policy-update plan, for a trainer that fixed α itself (AEM.md §3: α from the
+    /// *sampling-time* entropies, constant through the update): `adv_base` is taken as the
+    /// rescaled advantage `A = α·A_base` as it is, no α is computed from these logits and no
+    /// separate forward runs — one fused forward+backward launch (statistics, token loss,
+    /// dlogits) and the loss reduction. Read the results with [`Self::update_stats`].
+    pub fn update(
+        &mut self,
+        dev: &Device,
+        logits: &DevBuf<f16>,
+        grad: GradDst<'_>,
+        block: u32,
+    ) -> Result<()> {
+        check_block(block)?;
+        self.check_logits(logits)?;
+        dev.write(&mut self.bad_count, &[0])?;
+        dev.write(&mut self.first_bad, &[u32::MAX])?;
+        dev.copy(&self.adv_base, &mut self.adv)?;
+        let plan = Plan {
+            backward: BackwardPlan::Fused { row_cache: true },
+            block,
+            ..Plan::default()
+        };
+        self.backward(dev, logits, grad, &plan)
+    }
+
+    /// Downloads what [`Self::update`] computed (one synchronisation).
+    pub fn update_stats(&self, dev: &Device) -> Result<UpdateStats> {
+        dev.synchronize()?;
+        Ok(UpdateStats {
+            logp: dev.dtoh(&self.logp)?,
+            entropy: dev.dtoh(&self.entropy)?,
+            lse: dev.dtoh(&self.lse)?,
+            token_loss: dev.dtoh(&self.token_loss)?,
+            loss: dev.dtoh(&self.loss)?.first().copied().unwrap_or(0.0),
+            grad_bad: match dev.dtoh(&self.grad_bad)?.as_slice() {
+                &[n, row] if row != u32::MAX => Some((u64::from(n), row as usize)),
+                _ => None,
+            },
+            grad_f16: self.grad_f16,
+        })
+    }
+
     /// Reports rows the kernels found non-finite since the last forward (one small download).
     pub fn check(&self, dev: &Device) -> Result<()> {
         check_bad(dev, &self.bad_count, &self.first_bad)
@@ -680,6 +760,26 @@ pub fn loss_head_resident(
     check_block(plan.block)?;
     let mut head = DeviceHead::new(dev, inp, cfg, logits.len())?;
     run(dev, &mut head, logits, grad, plan, inp, cfg)
+}
+
+/// The policy-update plan ([`DeviceHead::update`]) on logits that already live on `dev`, with
+/// `inp.adv_base` the given `A = α·A_base` and dlogits left on the device in `grad`; `λ`, `δ`
+/// are not used. `logits` (T, V) f16 stands for `inp.logits`, which is not read.
+pub fn loss_head_update_resident(
+    dev: &Device,
+    logits: &mut DevBuf<f16>,
+    inp: &HeadInputs,
+    cfg: &HeadConfig,
+    grad: GradDst<'_>,
+    block: u32,
+) -> Result<UpdateStats> {
+    check_block(block)?;
+    let mut head = DeviceHead::new(dev, inp, cfg, logits.len())?;
+    head.update(dev, logits, grad, block)?;
+    head.check(dev)?;
+    let stats = head.update_stats(dev)?;
+    stats.check(inp, cfg)?;
+    Ok(stats)
 }
 
 /// Runs the head on host inputs (validated on the host, logits included) and downloads every

@@ -26,7 +26,9 @@ use super::seq;
 use super::{Gpt, GptConfig, ModelError};
 use crate::device::{kernels, DevBuf, Device, Gemm, LaunchCfg, Trans, View, ViewMut};
 use crate::error::{Error, Result};
-use crate::head::launch::{loss_head_resident, GradDst, HeadStats, Plan};
+use crate::head::launch::{
+    loss_head_resident, loss_head_update_resident, GradDst, HeadStats, Plan, UpdateStats,
+};
 use crate::head::{HeadConfig, HeadInputs};
 
 /// Threads per block of every model kernel (all are thread-per-item).
@@ -805,6 +807,33 @@ impl<'d> DeviceGpt<'d> {
             cfg,
             GradDst::F32(a.bwd.dlogits.buf_mut()),
             plan,
+        )
+    }
+
+    /// The policy-update plan of the loss head on the last forward's resident f16 logits
+    /// ([`crate::head::launch::DeviceHead::update`]): `inp.adv_base` is the given `α·A_base`,
+    /// one fused launch writes the statistics, the loss and dlogits (left on the device for
+    /// [`DeviceGpt::backward_resident`]). `inp.logits` is not read (pass `&[]`).
+    pub fn loss_head_update(
+        &mut self,
+        inp: &HeadInputs,
+        cfg: &HeadConfig,
+        block: u32,
+    ) -> Result<UpdateStats> {
+        if !self.forwarded {
+            return Err(ModelError::NoForward.into());
+        }
+        if inp.vocab != self.cfg.vocab {
+            return Err(Error::shape("vocab", self.cfg.vocab, inp.vocab));
+        }
+        let a = self.acts.as_mut().ok_or(ModelError::NoForward)?;
+        loss_head_update_resident(
+            self.dev,
+            &mut a.logits16,
+            inp,
+            cfg,
+            GradDst::F32(a.bwd.dlogits.buf_mut()),
+            block,
         )
     }
 

@@ -15,13 +15,12 @@
 //! across backends.
 //!
 //! **α on the device.** AEM's α must be the one computed once per iteration from the
-//! *sampling-time* entropies and held fixed through the update (AEM.md §3); the device head
-//! would recompute α from the current logits. So the trainer computes `A = α·A_base` on the host
-//! ([`super::update::alpha_of`]) and runs the device head with `lambda = 0` and
-//! `adv_base = A`: with λ = 0 every weight is `exp(0) = 1` and `α = 1/mean(1) = 1` exactly (and
-//! the δ guard also gives 1), so the kernels' advantage is `1·A = A` bit for bit
-//! (`tests/train_device.rs` checks α ≡ 1, adv = A, and loss and gradient against the host
-//! pipeline).
+//! *sampling-time* entropies and held fixed through the update (AEM.md §3), not recomputed from
+//! the current logits. So the trainer computes `A = α·A_base` on the host
+//! ([`super::update::alpha_of`]) and runs the head's policy-update plan
+//! ([`crate::head::launch::DeviceHead::update`]): `A` is the given advantage, one fused
+//! launch computes the statistics, the loss and dlogits, and no α is computed on the device
+//! (`tests/train_device.rs` checks it against the host pipeline).
 
 use half::f16;
 use rand_chacha::ChaCha8Rng;
@@ -222,16 +221,6 @@ impl DeviceBatch {
     }
 }
 
-/// The device head's configuration for the trainer: λ = 0, so the kernels' α ≡ 1 and their
-/// advantage is the `adv_base` given, which the trainer sets to `α·A_base` with α fixed at
-/// sampling time (module docs).
-pub fn device_head_config(hcfg: &HeadConfig) -> HeadConfig {
-    HeadConfig {
-        lambda: 0.0,
-        ..*hcfg
-    }
-}
-
 impl DeviceLearner<'_> {
     /// Forward, mask, the fused loss-head kernels on the resident logits (dlogits stay on the
     /// device); returns the head's statistics over the B·T rows. Backward and step are separate
@@ -241,7 +230,7 @@ impl DeviceLearner<'_> {
         p: &Packed,
         hcfg: &HeadConfig,
         n_groups: usize,
-    ) -> Result<crate::head::launch::HeadStats, TrainError> {
+    ) -> Result<crate::head::launch::UpdateStats, TrainError> {
         let vocab = self.model.config().vocab;
         let db = DeviceBatch::new(p, vocab)?;
         self.model
@@ -261,7 +250,7 @@ impl DeviceLearner<'_> {
             ref_logp: None,
         };
         self.model
-            .loss_head(&inp, &device_head_config(hcfg), &Plan::default())
+            .loss_head_update(&inp, hcfg, Plan::default().block)
             .map_err(device_err)
     }
 }
@@ -301,7 +290,8 @@ impl Learner for DeviceLearner<'_> {
                     f64::from(stats.logp.get(r).copied().unwrap_or(f32::NAN)),
                     f64::from(stats.entropy.get(r).copied().unwrap_or(f32::NAN)),
                 );
-                let a = f64::from(stats.adv.get(j).copied().unwrap_or(f32::NAN));
+                // The advantage the kernels used: α·A_base rounded to f32.
+                let a = f64::from(p.adv.get(j).map_or(f32::NAN, |&a| a as f32));
                 let tl = cpu::token_loss(hcfg, a, lp, h, f64::from(p.old_logp[k]), None);
                 clipped_rows += usize::from(tl.clipped);
                 logp.push(lp);
