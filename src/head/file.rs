@@ -7,7 +7,7 @@
 //! Output tensors: `logp`, `entropy`, `lse`, `token_loss` F32 (T); `resp_surprisal`,
 //! `resp_mean_entropy`, `alpha`, `adv` F32 (R); `loss` F32 (); `dlogits` (T, V) F16 or F32.
 
-pub use super::result::{GradDtype, GradOut, HeadResult};
+pub use super::result::{GradDtype, GradOut, HeadResult, HeadStats, UpdateStats};
 use super::{HeadConfig, HeadInputs};
 use crate::cpu;
 use crate::error::{Error, Result};
@@ -144,43 +144,29 @@ pub fn compute(
                     (o.fwd, o.loss, GradOut::F32(o.dlogits))
                 }
             };
+            let grad_bad = match &dlogits {
+                GradOut::F16(g) => first_bad_row(g.iter().map(|x| x.is_finite()), data.vocab),
+                GradOut::F32(g) => first_bad_row(g.iter().map(|x| x.is_finite()), data.vocab),
+            };
             let res = HeadResult {
-                logp: to_f32(&fwd.tokens.logp),
-                entropy: to_f32(&fwd.tokens.entropy),
-                lse: to_f32(&fwd.tokens.lse),
-                token_loss: to_f32(&loss.token_loss),
-                resp_surprisal: to_f32(&fwd.resp.surprisal),
-                resp_mean_entropy: to_f32(&fwd.resp.mean_entropy),
-                alpha: to_f32(&fwd.aem.alpha),
-                adv: to_f32(&fwd.aem.adv),
-                loss: loss.loss as f32,
+                stats: HeadStats {
+                    rows: UpdateStats {
+                        logp: to_f32(&fwd.tokens.logp),
+                        entropy: to_f32(&fwd.tokens.entropy),
+                        lse: to_f32(&fwd.tokens.lse),
+                        token_loss: to_f32(&loss.token_loss),
+                        loss: loss.loss as f32,
+                        grad_bad,
+                        grad_f16: dtype == GradDtype::F16,
+                    },
+                    resp_surprisal: to_f32(&fwd.resp.surprisal),
+                    resp_mean_entropy: to_f32(&fwd.resp.mean_entropy),
+                    alpha: to_f32(&fwd.aem.alpha),
+                    adv: to_f32(&fwd.aem.adv),
+                },
                 dlogits,
             };
-            let (grad_bad, grad_dtype) = match &res.dlogits {
-                GradOut::F16(g) => (
-                    first_bad_row(g.iter().map(|x| x.is_finite()), data.vocab),
-                    "f16",
-                ),
-                GradOut::F32(g) => (
-                    first_bad_row(g.iter().map(|x| x.is_finite()), data.vocab),
-                    "f32",
-                ),
-            };
-            super::check_outputs(
-                &super::Outputs {
-                    logp: &res.logp,
-                    entropy: &res.entropy,
-                    lse: &res.lse,
-                    token_loss: &res.token_loss,
-                    alpha: &res.alpha,
-                    adv: &res.adv,
-                    loss: res.loss,
-                    grad_bad,
-                    grad_dtype,
-                },
-                &inp,
-                cfg,
-            )?;
+            res.check(&inp, cfg)?;
             Ok(res)
         }
     }

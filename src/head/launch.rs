@@ -2,6 +2,7 @@
 //! written once for both executors. Argument order is the kernels' (`kernels/loss_head.cu`).
 
 use super::result::{GradDtype, GradOut, HeadResult};
+pub use super::result::{HeadStats, UpdateStats};
 use super::{validate, validate_layout_for, HeadConfig, HeadInputs, Layout};
 use crate::device::{kernels, DevBuf, Device, HeadParams, LaunchCfg, Ptr};
 use crate::error::{Error, Result};
@@ -235,86 +236,6 @@ pub enum GradDst<'a> {
     F32(&'a mut DevBuf<f32>),
     /// Over the logits (f16).
     InPlace,
-}
-
-/// Everything the head computes but the gradient, downloaded.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HeadStats {
-    /// logp, entropy, lse, token_loss: (T) f32
-    pub logp: Vec<f32>,
-    pub entropy: Vec<f32>,
-    pub lse: Vec<f32>,
-    pub token_loss: Vec<f32>,
-    /// resp_surprisal, resp_mean_entropy, alpha, adv: (R) f32
-    pub resp_surprisal: Vec<f32>,
-    pub resp_mean_entropy: Vec<f32>,
-    pub alpha: Vec<f32>,
-    pub adv: Vec<f32>,
-    /// The scalar loss.
-    pub loss: f32,
-    /// Non-finite dlogits entries the last backward wrote (count mod 2^32, first row), if any.
-    pub grad_bad: Option<(u64, usize)>,
-    /// Whether that gradient was f16.
-    pub grad_f16: bool,
-}
-
-/// What the policy-update plan ([`DeviceHead::update`]) computes but the gradient, downloaded.
-#[derive(Debug, Clone, PartialEq)]
-pub struct UpdateStats {
-    /// logp, entropy, lse, token_loss: (T) f32
-    pub logp: Vec<f32>,
-    pub entropy: Vec<f32>,
-    pub lse: Vec<f32>,
-    pub token_loss: Vec<f32>,
-    /// The scalar loss.
-    pub loss: f32,
-    /// Non-finite dlogits entries written (count mod 2^32, first row), if any.
-    pub grad_bad: Option<(u64, usize)>,
-    /// Whether the gradient was f16.
-    pub grad_f16: bool,
-}
-
-impl UpdateStats {
-    /// The finiteness check of AEM.md §7 ([`crate::head::check_outputs`]); `inp.adv_base` is
-    /// the given advantage.
-    pub fn check(&self, inp: &HeadInputs, cfg: &HeadConfig) -> Result<()> {
-        crate::head::check_outputs(
-            &crate::head::Outputs {
-                logp: &self.logp,
-                entropy: &self.entropy,
-                lse: &self.lse,
-                token_loss: &self.token_loss,
-                alpha: &[],
-                adv: inp.adv_base,
-                loss: self.loss,
-                grad_bad: self.grad_bad,
-                grad_dtype: if self.grad_f16 { "f16" } else { "f32" },
-            },
-            inp,
-            cfg,
-        )
-    }
-}
-
-impl HeadStats {
-    /// The finiteness check of AEM.md §7 over these outputs ([`crate::head::check_outputs`]).
-    pub fn check(&self, inp: &HeadInputs, cfg: &HeadConfig) -> Result<()> {
-        crate::head::check_outputs(
-            &crate::head::Outputs {
-                logp: &self.logp,
-                entropy: &self.entropy,
-                lse: &self.lse,
-                token_loss: &self.token_loss,
-                alpha: &self.alpha,
-                adv: &self.adv,
-                loss: self.loss,
-                grad_bad: self.grad_bad,
-                grad_dtype: if self.grad_f16 { "f16" } else { "f32" },
-            },
-            inp,
-            cfg,
-        )
-    }
 }
 
 fn check_block(b: u32) -> Result<()> {
@@ -682,7 +603,8 @@ impl DeviceHead {
         self.backward(dev, logits, grad, &plan)
     }
 
-    /// Downloads what [`Self::update`] computed (one synchronisation).
+    /// Downloads what [`Self::update`] computed, the per-row outputs and the loss (after a
+    /// synchronisation).
     pub fn update_stats(&self, dev: &Device) -> Result<UpdateStats> {
         dev.synchronize()?;
         Ok(UpdateStats {
@@ -706,22 +628,12 @@ impl DeviceHead {
 
     /// Downloads every output but the gradient.
     pub fn stats(&self, dev: &Device) -> Result<HeadStats> {
-        dev.synchronize()?;
         Ok(HeadStats {
-            logp: dev.dtoh(&self.logp)?,
-            entropy: dev.dtoh(&self.entropy)?,
-            lse: dev.dtoh(&self.lse)?,
-            token_loss: dev.dtoh(&self.token_loss)?,
+            rows: self.update_stats(dev)?,
             resp_surprisal: dev.dtoh(&self.surprisal)?,
             resp_mean_entropy: dev.dtoh(&self.mean_entropy)?,
             alpha: dev.dtoh(&self.alpha)?,
             adv: dev.dtoh(&self.adv)?,
-            loss: dev.dtoh(&self.loss)?.first().copied().unwrap_or(0.0),
-            grad_bad: match dev.dtoh(&self.grad_bad)?.as_slice() {
-                &[n, row] if row != u32::MAX => Some((u64::from(n), row as usize)),
-                _ => None,
-            },
-            grad_f16: self.grad_f16,
         })
     }
 }
@@ -828,18 +740,7 @@ pub fn loss_head(
             (s, GradOut::F32(dev.dtoh(&g)?))
         }
     };
-    Ok(HeadResult {
-        logp: s.logp,
-        entropy: s.entropy,
-        lse: s.lse,
-        token_loss: s.token_loss,
-        resp_surprisal: s.resp_surprisal,
-        resp_mean_entropy: s.resp_mean_entropy,
-        alpha: s.alpha,
-        adv: s.adv,
-        loss: s.loss,
-        dlogits,
-    })
+    Ok(HeadResult { stats: s, dlogits })
 }
 
 /// Turns the kernels' count of non-finite rows into the error host validation would give.

@@ -1,5 +1,7 @@
 //! What one loss-head computation returns to the host, whichever executor ran it.
 
+use super::{check_outputs, HeadConfig, HeadInputs, Outputs};
+use crate::error::Result;
 use half::f16;
 
 /// The dtype of the gradient output.
@@ -10,23 +12,93 @@ pub enum GradDtype {
     F32,
 }
 
-/// The head's results in the file's dtypes.
+/// The per-row outputs and the loss: what every plan computes, and all that the policy-update
+/// plan ([`super::launch::DeviceHead::update`]) computes besides the gradient.
 #[derive(Debug, Clone, PartialEq)]
-pub struct HeadResult {
+pub struct UpdateStats {
     /// logp, entropy, lse, token_loss: (T) f32
     pub logp: Vec<f32>,
     pub entropy: Vec<f32>,
     pub lse: Vec<f32>,
     pub token_loss: Vec<f32>,
+    /// The scalar loss.
+    pub loss: f32,
+    /// Non-finite dlogits entries written (count mod 2^32, first row), if any.
+    pub grad_bad: Option<(u64, usize)>,
+    /// Whether the gradient was f16.
+    pub grad_f16: bool,
+}
+
+impl UpdateStats {
+    /// The finiteness check of AEM.md §7 ([`check_outputs`]) with the responses' `alpha` and
+    /// rescaled `adv` (R) f32 — for the update plan, `&[]` and the given `inp.adv_base`.
+    pub fn check_with(
+        &self,
+        alpha: &[f32],
+        adv: &[f32],
+        inp: &HeadInputs,
+        cfg: &HeadConfig,
+    ) -> Result<()> {
+        let o = Outputs {
+            logp: &self.logp,
+            entropy: &self.entropy,
+            lse: &self.lse,
+            token_loss: &self.token_loss,
+            alpha,
+            adv,
+            loss: self.loss,
+            grad_bad: self.grad_bad,
+            grad_dtype: if self.grad_f16 { "f16" } else { "f32" },
+        };
+        check_outputs(&o, inp, cfg)
+    }
+
+    /// [`Self::check_with`] for the update plan (the advantage is the given `inp.adv_base`).
+    pub fn check(&self, inp: &HeadInputs, cfg: &HeadConfig) -> Result<()> {
+        self.check_with(&[], inp.adv_base, inp, cfg)
+    }
+}
+
+/// Everything the full head computes but the gradient: the per-row outputs and the loss
+/// ([`UpdateStats`], also reachable as fields through `Deref`) and the per-response ones.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadStats {
+    pub rows: UpdateStats,
     /// resp_surprisal, resp_mean_entropy, alpha, adv: (R) f32
     pub resp_surprisal: Vec<f32>,
     pub resp_mean_entropy: Vec<f32>,
     pub alpha: Vec<f32>,
     pub adv: Vec<f32>,
-    /// The scalar loss.
-    pub loss: f32,
+}
+
+impl std::ops::Deref for HeadStats {
+    type Target = UpdateStats;
+    fn deref(&self) -> &UpdateStats {
+        &self.rows
+    }
+}
+
+impl HeadStats {
+    /// The finiteness check of AEM.md §7 over every output ([`check_outputs`]).
+    pub fn check(&self, inp: &HeadInputs, cfg: &HeadConfig) -> Result<()> {
+        self.rows.check_with(&self.alpha, &self.adv, inp, cfg)
+    }
+}
+
+/// The head's results in the file's dtypes: the statistics (fields reachable through `Deref`)
+/// and the gradient.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadResult {
+    pub stats: HeadStats,
     /// dlogits: (T, V) in the requested dtype.
     pub dlogits: GradOut,
+}
+
+impl std::ops::Deref for HeadResult {
+    type Target = HeadStats;
+    fn deref(&self) -> &HeadStats {
+        &self.stats
+    }
 }
 
 /// The gradient in its output dtype.
