@@ -409,30 +409,11 @@ impl Env for FogLake {
     }
 }
 
-/// FogLake in the env registry ([`super::EnvKind`]).
-pub struct Kind;
-
-impl super::EnvKind for Kind {
-    type Params = Params;
-    type Task = Task;
-    const NAME: &'static str = "foglake";
-    fn vocab() -> &'static Vocab {
-        &VOCAB
-    }
-    fn grammar() -> &'static Grammar {
-        grammar()
-    }
-    fn generate(p: &Params, rng: &mut rand_chacha::ChaCha8Rng) -> Result<Task, EnvError> {
-        generate(p, rng)
-    }
-    fn canonical(t: &Task) -> String {
-        t.canonical()
-    }
-    fn env(t: &Task) -> Box<dyn Env> {
-        Box::new(FogLake::new(t.clone()))
-    }
-    fn levels() -> Vec<(&'static str, &'static str, Params)> {
-        vec![
+env_kind!(
+    FogLake,
+    "foglake",
+    split: |_| None,
+    levels: [
             (
                 "foglake-proto",
                 "the FogLake configuration that learned in the prototype (training level): \
@@ -446,6 +427,5 @@ impl super::EnvKind for Kind {
                     random valid 1.7%, full-map oracle 100%",
                 Params::hard(),
             ),
-        ]
-    }
-}
+    ]
+);

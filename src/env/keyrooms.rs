@@ -511,34 +511,11 @@ impl Env for KeyRooms {
     }
 }
 
-/// KeyRooms in the env registry ([`super::EnvKind`]).
-pub struct Kind;
-
-impl super::EnvKind for Kind {
-    type Params = Params;
-    type Task = Task;
-    const NAME: &'static str = "keyrooms";
-    fn vocab() -> &'static Vocab {
-        &VOCAB
-    }
-    fn grammar() -> &'static Grammar {
-        grammar()
-    }
-    fn generate(p: &Params, rng: &mut rand_chacha::ChaCha8Rng) -> Result<Task, EnvError> {
-        generate(p, rng)
-    }
-    fn canonical(t: &Task) -> String {
-        t.canonical()
-    }
-    fn split(t: &Task) -> Option<Split> {
-        Some(t.split())
-    }
-
-    fn env(t: &Task) -> Box<dyn Env> {
-        Box::new(KeyRooms::new(t.clone()))
-    }
-    fn levels() -> Vec<(&'static str, &'static str, Params)> {
-        vec![
+env_kind!(
+    KeyRooms,
+    "keyrooms",
+    split: |t| Some(t.split()),
+    levels: [
             (
                 "keyrooms-train",
                 "KeyRooms training level: 2 rooms, 3 containers, 2 objects, 6 turns; random valid 9.1%",
@@ -550,6 +527,5 @@ impl super::EnvKind for Kind {
                     random valid 1.5%",
                 Params::hard(),
             ),
-        ]
-    }
-}
+    ]
+);

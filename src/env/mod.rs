@@ -21,6 +21,44 @@
 //! [`train_task`] only returns train instances; [`test_tasks`] draws from a separate seed stream,
 //! keeps test instances and drops duplicates by canonical hash. So the sets are disjoint.
 
+/// Implements [`EnvKind`] for an env file's `Kind` from the file's items: `Params`, `Task` (with
+/// `canonical`), `VOCAB`, `grammar()`, `generate`, the env type's `new(task)`, the content split
+/// (`None`: the default hash rule) and the named levels.
+macro_rules! env_kind {
+    ($env:ident, $name:literal, split: $split:expr, levels: [$(($lname:literal, $about:expr, $params:expr $(,)?)),* $(,)?] $(,)?) => {
+        #[doc = concat!("`", $name, "` in the env registry ([`super::EnvKind`]).")]
+        pub struct Kind;
+
+        impl super::EnvKind for Kind {
+            type Params = Params;
+            type Task = Task;
+            const NAME: &'static str = $name;
+            fn vocab() -> &'static Vocab {
+                &VOCAB
+            }
+            fn grammar() -> &'static Grammar {
+                grammar()
+            }
+            fn generate(p: &Params, rng: &mut rand_chacha::ChaCha8Rng) -> Result<Task, EnvError> {
+                generate(p, rng)
+            }
+            fn canonical(t: &Task) -> String {
+                t.canonical()
+            }
+            fn split(t: &Task) -> Option<Split> {
+                let f: fn(&Task) -> Option<Split> = $split;
+                f(t)
+            }
+            fn env(t: &Task) -> Box<dyn Env> {
+                Box::new($env::new(t.clone()))
+            }
+            fn levels() -> Vec<(&'static str, &'static str, Params)> {
+                vec![$(($lname, $about, $params)),*]
+            }
+        }
+    };
+}
+
 pub mod foglake;
 pub mod grammar;
 pub mod keyrooms;

@@ -515,30 +515,11 @@ impl Env for TinyShop {
     }
 }
 
-/// TinyShop in the env registry ([`super::EnvKind`]).
-pub struct Kind;
-
-impl super::EnvKind for Kind {
-    type Params = Params;
-    type Task = Task;
-    const NAME: &'static str = "tinyshop";
-    fn vocab() -> &'static Vocab {
-        &VOCAB
-    }
-    fn grammar() -> &'static Grammar {
-        grammar()
-    }
-    fn generate(p: &Params, rng: &mut rand_chacha::ChaCha8Rng) -> Result<Task, EnvError> {
-        generate(p, rng)
-    }
-    fn canonical(t: &Task) -> String {
-        t.canonical()
-    }
-    fn env(t: &Task) -> Box<dyn Env> {
-        Box::new(TinyShop::new(t.clone()))
-    }
-    fn levels() -> Vec<(&'static str, &'static str, Params)> {
-        vec![
+env_kind!(
+    TinyShop,
+    "tinyshop",
+    split: |_| None,
+    levels: [
             (
                 "tinyshop-train",
                 "TinyShop training level: 8 items, no size step, 10 turns; random valid 8.1%",
@@ -549,6 +530,5 @@ impl super::EnvKind for Kind {
                 "TinyShop OOD level: 6 items, a size to select, 12 turns; random valid 1.6%",
                 Params::hard(),
             ),
-        ]
-    }
-}
+    ]
+);
