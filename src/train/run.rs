@@ -116,6 +116,18 @@ impl<'d> Trainer<'d> {
             opened.device.as_ref(),
         )?;
         let rng = ChaCha8Rng::seed_from_u64(derive_seed(cfg.run.seed, "sample", 0));
+        Self::assemble(cfg, res, level, policy, rng, 0)
+    }
+
+    /// The trainer around a policy at iteration `step` (the held-out tasks are the config's).
+    fn assemble(
+        cfg: TrainConfig,
+        res: Resolved,
+        level: Level,
+        policy: Policy<'d>,
+        rng: ChaCha8Rng,
+        step: u64,
+    ) -> Result<Self, TrainError> {
         let heldout = env::test_tasks(&level, cfg.run.eval_tasks)?;
         Ok(Self {
             prompt: PromptConfig {
@@ -127,7 +139,7 @@ impl<'d> Trainer<'d> {
             level,
             policy,
             rng,
-            step: 0,
+            step,
             heldout,
         })
     }
@@ -156,20 +168,7 @@ impl<'d> Trainer<'d> {
         ck.optim.cfg = adamw_config(&cfg);
         let (rng, step) = (ck.rng.clone(), ck.step);
         let policy = Policy::from_checkpoint(ck, opened.device.as_ref())?;
-        let heldout = env::test_tasks(&level, cfg.run.eval_tasks)?;
-        Ok(Self {
-            prompt: PromptConfig {
-                history: cfg.env.history,
-                mask: res.mask,
-            },
-            cfg,
-            res,
-            level,
-            policy,
-            rng,
-            step,
-            heldout,
-        })
+        Self::assemble(cfg, res, level, policy, rng, step)
     }
 
     /// Writes the checkpoint atomically (CPU format, whatever the backend).

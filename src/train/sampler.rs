@@ -29,39 +29,29 @@ pub trait Sampler {
     ) -> Result<Samples, TrainError>;
 }
 
-impl<E: Elem> Sampler for Gpt<E> {
-    fn gpt_config(&self) -> &GptConfig {
-        self.config()
-    }
+/// Both model paths sample through the same `sample` (a shared loop over their decode steps);
+/// only the error type differs.
+macro_rules! sampler_via_sample {
+    ($ty:ty, $err:expr $(, $gen:ident: $bound:path)?) => {
+        impl<$($gen: $bound)?> Sampler for $ty {
+            fn gpt_config(&self) -> &GptConfig {
+                self.config()
+            }
 
-    fn sample_masked(
-        &self,
-        prompts: &[u32],
-        b: usize,
-        p: usize,
-        params: &SampleParams,
-        rng: &mut ChaCha8Rng,
-        mask: Option<&mut MaskFn>,
-    ) -> Result<Samples, TrainError> {
-        Ok(self.sample(prompts, b, p, params, rng, mask)?)
-    }
+            fn sample_masked(
+                &self,
+                prompts: &[u32],
+                b: usize,
+                p: usize,
+                params: &SampleParams,
+                rng: &mut ChaCha8Rng,
+                mask: Option<&mut MaskFn>,
+            ) -> Result<Samples, TrainError> {
+                self.sample(prompts, b, p, params, rng, mask).map_err($err)
+            }
+        }
+    };
 }
 
-impl Sampler for DeviceGpt<'_> {
-    fn gpt_config(&self) -> &GptConfig {
-        self.config()
-    }
-
-    fn sample_masked(
-        &self,
-        prompts: &[u32],
-        b: usize,
-        p: usize,
-        params: &SampleParams,
-        rng: &mut ChaCha8Rng,
-        mask: Option<&mut MaskFn>,
-    ) -> Result<Samples, TrainError> {
-        self.sample(prompts, b, p, params, rng, mask)
-            .map_err(device_err)
-    }
-}
+sampler_via_sample!(Gpt<E>, TrainError::from, E: Elem);
+sampler_via_sample!(DeviceGpt<'_>, device_err);
