@@ -76,6 +76,20 @@ pub fn check(what: impl FnOnce() -> String, needs: Option<u128>) -> Result<(), T
     }
 }
 
+/// `vec![value; n]` through a fallible reservation: an allocation the system refuses (after the
+/// budget check passed, e.g. under memory pressure from other processes) is a [`TooLarge`]
+/// naming `what`, not an abort.
+pub fn try_vec<T: Clone>(what: &str, n: usize, value: T) -> Result<Vec<T>, TooLarge> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| TooLarge {
+        what: what.to_string(),
+        needs: (n as u128).saturating_mul(std::mem::size_of::<T>() as u128),
+        available: available(),
+    })?;
+    v.resize(n, value);
+    Ok(v)
+}
+
 /// `a · b · …` in u128, `None` on overflow.
 pub fn product(factors: &[usize]) -> Option<u128> {
     factors

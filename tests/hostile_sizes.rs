@@ -156,3 +156,10 @@ fn eval_task_counts_beyond_the_limit_are_refused() {
     );
     assert!(e.contains("100000000000") && e.contains("at most"), "{e}");
 }
+
+#[test]
+fn an_allocation_the_system_refuses_is_an_error_not_an_abort() {
+    let e = aem::mem::try_vec("test buffer", usize::MAX / 2, 0u64).unwrap_err();
+    assert!(e.to_string().starts_with("test buffer needs"), "{e}");
+    assert_eq!(aem::mem::try_vec("small", 3, 7u8).unwrap(), vec![7, 7, 7]);
+}

@@ -425,7 +425,7 @@ pub fn loss_head<F: Real, E: GradElem>(
     let layout = crate::head::validate(inp, cfg)?;
     let fwd = forward::<F>(inp, cfg, &layout);
     let loss = policy_loss(inp, cfg, &layout, &fwd.tokens, &fwd.aem.adv);
-    let mut dlogits = vec![E::default(); inp.logits.len()];
+    let mut dlogits = crate::mem::try_vec("dlogits (T, V)", inp.logits.len(), E::default())?;
     policy_grad(inp, cfg, &fwd.tokens, &loss, &mut dlogits);
     Ok(HeadOutput { fwd, loss, dlogits })
 }

@@ -387,7 +387,7 @@ pub fn validate_layout_for(
         }
     }
 
-    let mut row_resp = vec![-1i32; t];
+    let mut row_resp = crate::mem::try_vec("row_resp (T)", t, -1i32)?;
     let mut owned_rows = 0usize;
     let mut max_len = 0usize;
     for i in 0..r {
@@ -400,7 +400,7 @@ pub fn validate_layout_for(
     }
 
     let g = inp.n_groups;
-    let mut counts = vec![0u32; g + 1];
+    let mut counts = crate::mem::try_vec("group offsets (G + 1)", g + 1, 0u32)?;
     for &grp in inp.resp_group {
         counts[grp as usize + 1] += 1;
     }
@@ -409,7 +409,7 @@ pub fn validate_layout_for(
     }
     let grp_offsets = counts.clone();
     let mut fill = counts;
-    let mut grp_members = vec![0u32; r];
+    let mut grp_members = crate::mem::try_vec("group members (R)", r, 0u32)?;
     for (i, &grp) in inp.resp_group.iter().enumerate() {
         let slot = &mut fill[grp as usize];
         grp_members[*slot as usize] = i as u32; // i < R < 2^32 checked above
