@@ -114,3 +114,52 @@ impl GptConfig {
         self.d_model / self.heads.max(1)
     }
 }
+
+/// Checks (B, T) and tokens against a config; returns B·T. Shared by every backend.
+pub(crate) fn check_tokens(
+    cfg: &GptConfig,
+    op: &'static str,
+    tokens: &[u32],
+    b: usize,
+    t: usize,
+) -> Result<usize> {
+    if b == 0 {
+        return Err(ModelError::ZeroDim { field: "batch" });
+    }
+    if t == 0 {
+        return Err(ModelError::ZeroDim {
+            field: "sequence length",
+        });
+    }
+    if t > cfg.context {
+        return Err(ModelError::TooLong {
+            op,
+            t,
+            context: cfg.context,
+        });
+    }
+    let bt = b.checked_mul(t).ok_or(ModelError::Overflow { what: op })?;
+    // The largest activation: max(V, 4C, NH·T) per token, times L (+1 spare).
+    let widest = cfg.vocab.max(4 * cfg.d_model).max(cfg.heads * t);
+    bt.checked_mul(widest)
+        .and_then(|n| n.checked_mul(cfg.layers + 1))
+        .and_then(|n| n.checked_mul(4))
+        .ok_or(ModelError::Overflow { what: op })?;
+    if tokens.len() != bt {
+        return Err(ModelError::Shape {
+            op,
+            expected: bt,
+            got: tokens.len(),
+        });
+    }
+    if let Some(&bad) = tokens
+        .iter()
+        .find(|&&x| usize::try_from(x).map_or(true, |x| x >= cfg.vocab))
+    {
+        return Err(ModelError::Token {
+            token: bad,
+            vocab: cfg.vocab,
+        });
+    }
+    Ok(bt)
+}

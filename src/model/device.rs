@@ -18,8 +18,8 @@ use rand_chacha::ChaCha8Rng;
 
 use super::acts::{Acts, Cache, GradActs};
 use super::adamw::{begin_step, AdamW, AdamWConfig};
+use super::config::check_tokens;
 use super::exec::{Exec, Heads, Len, Rd, Step, Store, Weights, Wr};
-use super::gpt::check_tokens;
 use super::params::{ParamId, ParamLayout};
 use super::sample::{sample_with, Decode, MaskFn, SampleParams, Samples};
 use super::seq;

@@ -101,7 +101,7 @@ pub fn forward(
     )?;
     let in_err = |e: super::ModelError| file_err(input, format!("tokens: {e}"));
     // The CPU path's checks, on every backend, so a bad file names the input.
-    super::gpt::check_tokens(model.config(), "forward", &tokens.data, b, t).map_err(in_err)?;
+    super::config::check_tokens(model.config(), "forward", &tokens.data, b, t).map_err(in_err)?;
     let logits = match backend.open()?.device {
         None => model.forward(&tokens.data, b, t).map_err(in_err)?.to_vec(),
         Some(dev) => DeviceGpt::from_cpu(&dev, &model)?.forward(&tokens.data, b, t)?,

@@ -147,7 +147,7 @@ impl<E: Elem> Gpt<E> {
         b: usize,
         t: usize,
     ) -> Result<usize> {
-        check_tokens(&self.cfg, op, tokens, b, t)
+        super::config::check_tokens(&self.cfg, op, tokens, b, t)
     }
 
     /// Forward pass over tokens (B, T); saves activations; returns logits (B, T, V) f32.
@@ -188,55 +188,6 @@ impl<E: Elem> Gpt<E> {
         };
         seq::backward(&mut x, &self.cfg, a, g)
     }
-}
-
-/// Checks (B, T) and tokens against a config; returns B·T. Shared by every backend.
-pub(crate) fn check_tokens(
-    cfg: &GptConfig,
-    op: &'static str,
-    tokens: &[u32],
-    b: usize,
-    t: usize,
-) -> Result<usize> {
-    if b == 0 {
-        return Err(ModelError::ZeroDim { field: "batch" });
-    }
-    if t == 0 {
-        return Err(ModelError::ZeroDim {
-            field: "sequence length",
-        });
-    }
-    if t > cfg.context {
-        return Err(ModelError::TooLong {
-            op,
-            t,
-            context: cfg.context,
-        });
-    }
-    let bt = b.checked_mul(t).ok_or(ModelError::Overflow { what: op })?;
-    // The largest activation: max(V, 4C, NH·T) per token, times L (+1 spare).
-    let widest = cfg.vocab.max(4 * cfg.d_model).max(cfg.heads * t);
-    bt.checked_mul(widest)
-        .and_then(|n| n.checked_mul(cfg.layers + 1))
-        .and_then(|n| n.checked_mul(4))
-        .ok_or(ModelError::Overflow { what: op })?;
-    if tokens.len() != bt {
-        return Err(ModelError::Shape {
-            op,
-            expected: bt,
-            got: tokens.len(),
-        });
-    }
-    if let Some(&bad) = tokens
-        .iter()
-        .find(|&&x| usize::try_from(x).map_or(true, |x| x >= cfg.vocab))
-    {
-        return Err(ModelError::Token {
-            token: bad,
-            vocab: cfg.vocab,
-        });
-    }
-    Ok(bt)
 }
 
 /// Mean cross-entropy of logits (N, V) f32 against targets (N); returns (loss, dlogits (N, V) f32)

@@ -4,7 +4,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::acts::Cache;
-use super::gpt::check_tokens;
+use super::config::check_tokens;
 use super::host::{CpuExec, Host};
 use super::seq;
 use super::{Elem, Gpt, GptConfig, ModelError, Result};

@@ -27,8 +27,8 @@
 //! executor's.
 
 use super::acts::{Acts, Cache, GradActs};
+use super::config::check_tokens;
 use super::exec::{Exec, Heads, Res, Step, Store, Weights};
-use super::gpt::check_tokens;
 use super::params::ParamId;
 use super::{GptConfig, ModelError};
 
