@@ -286,6 +286,9 @@ pub fn matmul_forward<E: Elem>(
 }
 
 /// dinp (N, K) = dout · wᵀ (overwritten); dw (K, M) += inpᵀ · dout; dbias (M) += Σ_rows dout.
+///
+/// The weight gradient has only K rows, too few to split, so it runs beside the row-parallel
+/// dinp product (the two are equal work) instead of after it.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_backward<E: Elem>(
     dinp: &mut [f32],
@@ -296,16 +299,23 @@ pub fn matmul_backward<E: Elem>(
     w: &[E],
     (n, k, m): (usize, usize, usize),
 ) -> Result<()> {
-    let wf = widen(w);
-    gemm(n, m, k, Mat::rows(dout, m), Mat::trans(&wf, m), 0.0, dinp)?;
-    let inpf = widen(inp);
-    gemm(k, n, m, Mat::trans(&inpf, k), Mat::rows(dout, m), 1.0, dw)?;
-    if let Some(db) = dbias {
-        for row in dout.chunks_exact(m).take(n) {
-            db.iter_mut().zip(row).for_each(|(d, g)| *d += g);
-        }
-    }
-    Ok(())
+    let (rd, rw) = rayon::join(
+        || {
+            let wf = widen(w);
+            gemm(n, m, k, Mat::rows(dout, m), Mat::trans(&wf, m), 0.0, dinp)
+        },
+        || {
+            let inpf = widen(inp);
+            gemm(k, n, m, Mat::trans(&inpf, k), Mat::rows(dout, m), 1.0, dw)?;
+            if let Some(db) = dbias {
+                for row in dout.chunks_exact(m).take(n) {
+                    db.iter_mut().zip(row).for_each(|(d, g)| *d += g);
+                }
+            }
+            Ok(())
+        },
+    );
+    rd.and(rw)
 }
 
 /// logits (N, V) f32 = inp (N, C) · wteᵀ.
@@ -320,7 +330,8 @@ pub fn logits_forward<E: Elem>(
     gemm(n, c, v, Mat::rows(&xf, c), Mat::trans(&wf, c), 0.0, logits)
 }
 
-/// dinp (N, C) = dlogits · wte (overwritten); dwte (V, C) += dlogitsᵀ · inp.
+/// dinp (N, C) = dlogits · wte (overwritten); dwte (V, C) += dlogitsᵀ · inp (side by side, as in
+/// [`matmul_backward`]).
 pub fn logits_backward<E: Elem>(
     dinp: &mut [f32],
     dwte: &mut [f32],
@@ -329,18 +340,25 @@ pub fn logits_backward<E: Elem>(
     wte: &[E],
     (n, c, v): (usize, usize, usize),
 ) -> Result<()> {
-    let wf = widen(wte);
-    gemm(n, v, c, Mat::rows(dlogits, v), Mat::rows(&wf, c), 0.0, dinp)?;
-    let xf = widen(inp);
-    gemm(
-        v,
-        n,
-        c,
-        Mat::trans(dlogits, v),
-        Mat::rows(&xf, c),
-        1.0,
-        dwte,
-    )
+    let (rd, rw) = rayon::join(
+        || {
+            let wf = widen(wte);
+            gemm(n, v, c, Mat::rows(dlogits, v), Mat::rows(&wf, c), 0.0, dinp)
+        },
+        || {
+            let xf = widen(inp);
+            gemm(
+                v,
+                n,
+                c,
+                Mat::trans(dlogits, v),
+                Mat::rows(&xf, c),
+                1.0,
+                dwte,
+            )
+        },
+    );
+    rd.and(rw)
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -407,19 +425,21 @@ pub fn layernorm_forward<E: Elem>(
         .zip(inp.par_chunks(c))
         .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
         .with_min_len(MIN_ROWS)
-        .for_each(|((o, x), (mu, rs))| {
-            let mut xf = vec![0.0f32; c];
-            E::widen(x, &mut xf);
-            let m = xf.iter().sum::<f32>() / c as f32;
-            let var = xf.iter().map(|v| (v - m) * (v - m)).sum::<f32>() / c as f32;
-            let s = 1.0 / (var + LN_EPS).sqrt();
-            for ((x, &w), &b) in xf.iter_mut().zip(&wf).zip(&bf) {
-                *x = (*x - m) * s * w + b;
-            }
-            E::narrow(&xf, o);
-            *mu = m;
-            *rs = s;
-        });
+        .for_each_init(
+            || vec![0.0f32; c],
+            |xf, ((o, x), (mu, rs))| {
+                E::widen(x, xf);
+                let m = xf.iter().sum::<f32>() / c as f32;
+                let var = xf.iter().map(|v| (v - m) * (v - m)).sum::<f32>() / c as f32;
+                let s = 1.0 / (var + LN_EPS).sqrt();
+                for ((x, &w), &b) in xf.iter_mut().zip(&wf).zip(&bf) {
+                    *x = (*x - m) * s * w + b;
+                }
+                E::narrow(xf, o);
+                *mu = m;
+                *rs = s;
+            },
+        );
 }
 
 /// dinp (N, C) += layernorm backward; dw (C) += Σ norm·dout; db (C) += Σ dout.
@@ -436,37 +456,46 @@ pub fn layernorm_backward<E: Elem>(
     c: usize,
 ) {
     let wf = widen(w);
-    dinp.par_chunks_mut(c)
-        .zip(dout.par_chunks(c))
-        .zip(inp.par_chunks(c))
-        .zip(mean.par_iter().zip(rstd.par_iter()))
-        .with_min_len(MIN_ROWS)
-        .for_each(|(((di, g), x), (&mu, &rs))| {
-            let mut norm = widen(x);
-            norm.iter_mut().for_each(|x| *x = (*x - mu) * rs);
-            let (mut dmean, mut dnmean) = (0.0f32, 0.0f32);
-            for ((&g, &n), &w) in g.iter().zip(&norm).zip(&wf) {
-                dmean += w * g;
-                dnmean += w * g * n;
+    let dx = || {
+        dinp.par_chunks_mut(c)
+            .zip(dout.par_chunks(c))
+            .zip(inp.par_chunks(c))
+            .zip(mean.par_iter().zip(rstd.par_iter()))
+            .with_min_len(MIN_ROWS)
+            .for_each_init(
+                || vec![0.0f32; c],
+                |norm, (((di, g), x), (&mu, &rs))| {
+                    E::widen(x, norm);
+                    norm.iter_mut().for_each(|x| *x = (*x - mu) * rs);
+                    let (mut dmean, mut dnmean) = (0.0f32, 0.0f32);
+                    for ((&g, &n), &w) in g.iter().zip(norm.iter()).zip(&wf) {
+                        dmean += w * g;
+                        dnmean += w * g * n;
+                    }
+                    dmean /= c as f32;
+                    dnmean /= c as f32;
+                    for (((d, &g), &n), &w) in di.iter_mut().zip(g).zip(norm.iter()).zip(&wf) {
+                        *d += (w * g - dmean - n * dnmean) * rs;
+                    }
+                },
+            )
+    };
+    // The parameter gradients sum over rows in row order on one thread, beside the rows above.
+    let dparams = || {
+        let mut norm = vec![0.0f32; c];
+        for ((g, x), (&mu, &rs)) in dout
+            .chunks_exact(c)
+            .zip(inp.chunks_exact(c))
+            .zip(mean.iter().zip(rstd))
+        {
+            E::widen(x, &mut norm);
+            for (((dw, db), &g), &x) in dw.iter_mut().zip(db.iter_mut()).zip(g).zip(&norm) {
+                *dw += (x - mu) * rs * g;
+                *db += g;
             }
-            dmean /= c as f32;
-            dnmean /= c as f32;
-            for (((d, &g), &n), &w) in di.iter_mut().zip(g).zip(&norm).zip(&wf) {
-                *d += (w * g - dmean - n * dnmean) * rs;
-            }
-        });
-    let mut norm = vec![0.0f32; c];
-    for ((g, x), (&mu, &rs)) in dout
-        .chunks_exact(c)
-        .zip(inp.chunks_exact(c))
-        .zip(mean.iter().zip(rstd))
-    {
-        E::widen(x, &mut norm);
-        for (((dw, db), &g), &x) in dw.iter_mut().zip(db.iter_mut()).zip(g).zip(&norm) {
-            *dw += (x - mu) * rs * g;
-            *db += g;
         }
-    }
+    };
+    rayon::join(dx, dparams);
 }
 
 /// Elements per conversion block of the elementwise ops (stack buffers, SIMD widen/narrow).
