@@ -522,17 +522,102 @@ pub fn residual_forward<E: Elem>(out: &mut [E], a: &[E], b: &[E]) {
         });
 }
 
-/// tanh via exp: exact to a few f32 ulps in absolute terms, which is what `1 + tanh` needs,
-/// and several times faster than libm's `tanhf`. Saturates correctly (exp overflow → 1).
-#[inline]
+// ----------------------------------------------------------------------------------------------
+// vector math
+
+/// Defines `fn $name(args)` from a body written once: compiled for AVX2 too and dispatched at
+/// run time where the CPU has it (8 lanes instead of SSE2's 4). The body uses no fused
+/// multiply-add and Rust never contracts, so both versions give bit-identical results.
+macro_rules! simd_fn {
+    ($(#[$m:meta])* fn $name:ident($($a:ident: $t:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        fn $name($($a: $t),*) {
+            #[inline(always)]
+            fn generic($($a: $t),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                fn avx2($($a: $t),*) {
+                    generic($($a),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2 (checked just above), the only
+                    // requirement of calling a `target_feature(enable = "avx2")` function.
+                    return unsafe { avx2($($a),*) };
+                }
+            }
+            generic($($a),*)
+        }
+    };
+}
+
+/// e^x, branch-free so that loops over slices vectorize (libm's `expf` is a call per element):
+/// Cody–Waite reduction x = n·ln2 + r, |r| ≤ ln2/2, Cephes' degree-7 polynomial for e^r
+/// (≈ 1 ulp), 2^n built in the exponent bits. x is clamped to [−87.3, 88.3] so 2^n stays
+/// normal and the result finite (below that e^x is < 2⁻¹²⁶, at which every caller's sum or
+/// `1 + e` no longer sees it); NaN passes through.
+#[inline(always)]
+fn exp_fast(x: f32) -> f32 {
+    const HI: f32 = 88.3;
+    const LO: f32 = -87.3;
+    // Adding 1.5·2²³ rounds to an integer and leaves it in the low mantissa bits.
+    const SHIFT: f32 = 12_582_912.0;
+    let x = x.clamp(LO, HI); // NaN stays NaN
+    let t = x * std::f32::consts::LOG2_E + SHIFT;
+    let n = t - SHIFT;
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let p = ((((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
+        * r
+        + 0.166_666_65)
+        * r
+        + 0.5)
+        * r)
+        * r
+        + r
+        + 1.0;
+    // t's bits are SHIFT's plus n (|n| ≤ 127); n + 127 is 2ⁿ's biased exponent.
+    let e = (t.to_bits() as i32 - SHIFT.to_bits() as i32 + 127) << 23;
+    p * f32::from_bits(e as u32)
+}
+
+/// tanh via exp: exact to a few f32 ulps in absolute terms, which is what `1 + tanh` needs.
+/// Saturates correctly (e^2u clamps to 2¹²⁷ → 1, to ≈ 0 → −1).
+#[inline(always)]
 fn tanh_fast(u: f32) -> f32 {
-    1.0 - 2.0 / ((2.0 * u).exp() + 1.0)
+    1.0 - 2.0 / (exp_fast(2.0 * u) + 1.0)
 }
 
 /// tanh-GELU of one value.
-#[inline]
+#[inline(always)]
 fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + tanh_fast(GELU_SCALE * (x + 0.044715 * x * x * x)))
+}
+
+simd_fn! {
+    /// x = gelu(x), elementwise.
+    fn gelu_slice(x: &mut [f32]) {
+        x.iter_mut().for_each(|v| *v = gelu(*v));
+    }
+}
+
+simd_fn! {
+    /// d = gelu'(x) · g, elementwise.
+    fn gelu_grad_slice(d: &mut [f32], x: &[f32], g: &[f32]) {
+        for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
+            let th = tanh_fast(GELU_SCALE * (x + 0.044715 * x * x * x));
+            let sech2 = 1.0 - th * th;
+            let local = 0.5 * (1.0 + th)
+                + x * 0.5 * sech2 * GELU_SCALE * (1.0 + 3.0 * 0.044715 * x * x);
+            *d = local * g;
+        }
+    }
+}
+
+simd_fn! {
+    /// x = e^(x·scale − max), elementwise (the softmax numerators).
+    fn exp_shifted(x: &mut [f32], scale: f32, max: f32) {
+        x.iter_mut().for_each(|v| *v = exp_fast(*v * scale - max));
+    }
 }
 
 /// out = gelu(inp) (elementwise).
@@ -544,7 +629,7 @@ pub fn gelu_forward<E: Elem>(out: &mut [E], inp: &[E]) {
             for (o, x) in o.chunks_mut(BLOCK).zip(x.chunks(BLOCK)) {
                 let n = o.len();
                 E::widen(x, &mut buf[..n]);
-                buf[..n].iter_mut().for_each(|v| *v = gelu(*v));
+                gelu_slice(&mut buf[..n]);
                 E::narrow(&buf[..n], o);
             }
         });
@@ -564,13 +649,7 @@ pub fn gelu_backward<E: Elem>(dinp: &mut [f32], inp: &[E], dout: &[f32]) {
             {
                 let n = d.len();
                 E::widen(x, &mut buf[..n]);
-                for ((d, &x), &g) in d.iter_mut().zip(&buf[..n]).zip(g) {
-                    let th = tanh_fast(GELU_SCALE * (x + 0.044715 * x * x * x));
-                    let sech2 = 1.0 - th * th;
-                    let local = 0.5 * (1.0 + th)
-                        + x * 0.5 * sech2 * GELU_SCALE * (1.0 + 3.0 * 0.044715 * x * x);
-                    *d = local * g;
-                }
+                gelu_grad_slice(d, &buf[..n], g);
             }
         });
 }
@@ -607,11 +686,8 @@ fn attend_one<'a>(
         *s = dot * scale;
         max = max.max(*s);
     }
-    let mut sum = 0.0f32;
-    for s in p.iter_mut().take(last + 1) {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
+    exp_shifted(&mut p[..=last], 1.0, max);
+    let sum: f32 = p[..=last].iter().sum();
     let inv = 1.0 / sum;
     y.iter_mut().for_each(|v| *v = 0.0);
     for (t2, s) in p.iter_mut().enumerate().take(last + 1) {
@@ -676,11 +752,8 @@ pub fn attention_forward<E: Elem>(
                     let max = live
                         .iter()
                         .fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
-                    let mut sum = 0.0f32;
-                    for x in live.iter_mut() {
-                        *x = (*x * scale - max).exp();
-                        sum += *x;
-                    }
+                    exp_shifted(live, scale, max);
+                    let sum: f32 = live.iter().sum();
                     let inv = 1.0 / sum;
                     live.iter_mut().for_each(|x| *x *= inv);
                     dead.iter_mut().for_each(|x| *x = 0.0);
