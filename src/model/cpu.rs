@@ -429,8 +429,8 @@ pub fn layernorm_forward<E: Elem>(
             || vec![0.0f32; c],
             |xf, ((o, x), (mu, rs))| {
                 E::widen(x, xf);
-                let m = xf.iter().sum::<f32>() / c as f32;
-                let var = xf.iter().map(|v| (v - m) * (v - m)).sum::<f32>() / c as f32;
+                let m = sum8(xf) / c as f32;
+                let var = sqdev8(xf, m) / c as f32;
                 let s = 1.0 / (var + LN_EPS).sqrt();
                 for ((x, &w), &b) in xf.iter_mut().zip(&wf).zip(&bf) {
                     *x = (*x - m) * s * w + b;
@@ -467,13 +467,8 @@ pub fn layernorm_backward<E: Elem>(
                 |norm, (((di, g), x), (&mu, &rs))| {
                     E::widen(x, norm);
                     norm.iter_mut().for_each(|x| *x = (*x - mu) * rs);
-                    let (mut dmean, mut dnmean) = (0.0f32, 0.0f32);
-                    for ((&g, &n), &w) in g.iter().zip(norm.iter()).zip(&wf) {
-                        dmean += w * g;
-                        dnmean += w * g * n;
-                    }
-                    dmean /= c as f32;
-                    dnmean /= c as f32;
+                    let (dmean, dnmean) = ln_sums8(&wf, g, norm);
+                    let (dmean, dnmean) = (dmean / c as f32, dnmean / c as f32);
                     for (((d, &g), &n), &w) in di.iter_mut().zip(g).zip(norm.iter()).zip(&wf) {
                         *d += (w * g - dmean - n * dnmean) * rs;
                     }
@@ -529,15 +524,15 @@ pub fn residual_forward<E: Elem>(out: &mut [E], a: &[E], b: &[E]) {
 /// run time where the CPU has it (8 lanes instead of SSE2's 4). The body uses no fused
 /// multiply-add and Rust never contracts, so both versions give bit-identical results.
 macro_rules! simd_fn {
-    ($(#[$m:meta])* fn $name:ident($($a:ident: $t:ty),* $(,)?) $body:block) => {
+    ($(#[$m:meta])* fn $name:ident($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)? $body:block) => {
         $(#[$m])*
-        fn $name($($a: $t),*) {
+        fn $name($($a: $t),*) $(-> $r)? {
             #[inline(always)]
-            fn generic($($a: $t),*) $body
+            fn generic($($a: $t),*) $(-> $r)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2")]
-                fn avx2($($a: $t),*) {
+                fn avx2($($a: $t),*) $(-> $r)? {
                     generic($($a),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx2") {
@@ -549,6 +544,97 @@ macro_rules! simd_fn {
             generic($($a),*)
         }
     };
+}
+
+/// Combines 8 lane sums pairwise, in a fixed order.
+#[inline(always)]
+fn combine8(a: [f32; 8]) -> f32 {
+    ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
+}
+
+// The row sums below add element i into lane i mod 8 and combine the lanes with `combine8`:
+// a fixed order (deterministic), but 8 independent chains instead of one latency-bound chain
+// (the rows here are 16–256 long).
+
+simd_fn! {
+    /// Σ x.
+    fn sum8(x: &[f32]) -> f32 {
+        let mut acc = [0.0f32; 8];
+        let mut it = x.chunks_exact(8);
+        for c in &mut it {
+            acc.iter_mut().zip(c).for_each(|(a, &v)| *a += v);
+        }
+        acc.iter_mut().zip(it.remainder()).for_each(|(a, &v)| *a += v);
+        combine8(acc)
+    }
+}
+
+simd_fn! {
+    /// Σ a·b.
+    fn dot8(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0.0f32; 8];
+        let (mut ia, mut ib) = (a.chunks_exact(8), b.chunks_exact(8));
+        for (ca, cb) in (&mut ia).zip(&mut ib) {
+            for ((s, &x), &y) in acc.iter_mut().zip(ca).zip(cb) {
+                *s += x * y;
+            }
+        }
+        for ((s, &x), &y) in acc.iter_mut().zip(ia.remainder()).zip(ib.remainder()) {
+            *s += x * y;
+        }
+        combine8(acc)
+    }
+}
+
+simd_fn! {
+    /// Σ (x − m)².
+    fn sqdev8(x: &[f32], m: f32) -> f32 {
+        let mut acc = [0.0f32; 8];
+        let mut it = x.chunks_exact(8);
+        for c in &mut it {
+            acc.iter_mut().zip(c).for_each(|(a, &v)| *a += (v - m) * (v - m));
+        }
+        acc.iter_mut()
+            .zip(it.remainder())
+            .for_each(|(a, &v)| *a += (v - m) * (v - m));
+        combine8(acc)
+    }
+}
+
+simd_fn! {
+    /// (Σ w·g, Σ w·g·n): LayerNorm backward's two row sums.
+    fn ln_sums8(w: &[f32], g: &[f32], n: &[f32]) -> (f32, f32) {
+        let (mut a, mut b) = ([0.0f32; 8], [0.0f32; 8]);
+        let (mut iw, mut ig, mut inn) = (w.chunks_exact(8), g.chunks_exact(8), n.chunks_exact(8));
+        for ((cw, cg), cn) in (&mut iw).zip(&mut ig).zip(&mut inn) {
+            for l in 0..8 {
+                let wg = cw[l] * cg[l];
+                a[l] += wg;
+                b[l] += wg * cn[l];
+            }
+        }
+        let tail = iw.remainder().iter().zip(ig.remainder()).zip(inn.remainder());
+        for (l, ((&w, &g), &n)) in tail.enumerate() {
+            a[l] += w * g;
+            b[l] += w * g * n;
+        }
+        (combine8(a), combine8(b))
+    }
+}
+
+simd_fn! {
+    /// max(x·scale) (exact in any order; NaN ignored as by `f32::max`).
+    fn max_scaled8(x: &[f32], scale: f32) -> f32 {
+        let mut acc = [f32::NEG_INFINITY; 8];
+        let mut it = x.chunks_exact(8);
+        for c in &mut it {
+            acc.iter_mut().zip(c).for_each(|(a, &v)| *a = a.max(v * scale));
+        }
+        acc.iter_mut()
+            .zip(it.remainder())
+            .for_each(|(a, &v)| *a = a.max(v * scale));
+        acc.iter().fold(f32::NEG_INFINITY, |m, &a| m.max(a))
+    }
 }
 
 /// e^x, branch-free so that loops over slices vectorize (libm's `expf` is a call per element):
@@ -682,12 +768,12 @@ fn attend_one<'a>(
     let mut max = f32::NEG_INFINITY;
     for (t2, s) in p.iter_mut().enumerate().take(last + 1) {
         let (k, _) = kv(t2);
-        let dot: f32 = q.iter().zip(k).map(|(a, b)| a * b).sum();
+        let dot = dot8(q, k);
         *s = dot * scale;
         max = max.max(*s);
     }
     exp_shifted(&mut p[..=last], 1.0, max);
-    let sum: f32 = p[..=last].iter().sum();
+    let sum = sum8(&p[..=last]);
     let inv = 1.0 / sum;
     y.iter_mut().for_each(|v| *v = 0.0);
     for (t2, s) in p.iter_mut().enumerate().take(last + 1) {
@@ -749,11 +835,9 @@ pub fn attention_forward<E: Elem>(
                 gemm_seq(t, hs, t, q, kt, 0.0, &mut sc)?;
                 for (ti, row) in sc.chunks_exact_mut(t).enumerate() {
                     let (live, dead) = row.split_at_mut(ti + 1);
-                    let max = live
-                        .iter()
-                        .fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
+                    let max = max_scaled8(live, scale);
                     exp_shifted(live, scale, max);
-                    let sum: f32 = live.iter().sum();
+                    let sum = sum8(live);
                     let inv = 1.0 / sum;
                     live.iter_mut().for_each(|x| *x *= inv);
                     dead.iter_mut().for_each(|x| *x = 0.0);
@@ -818,7 +902,7 @@ pub fn attention_backward<E: Elem>(
                 gemm_seq(t, t, hs, Mat::trans(p, t), g, 0.0, &mut tmp)?; // dV
                 add_cols(dq, &tmp, 3 * c, 2 * c + h * hs, hs);
                 for (dr, pr) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
-                    let dot: f32 = dr.iter().zip(pr).map(|(d, p)| d * p).sum();
+                    let dot = dot8(dr, pr);
                     dr.iter_mut()
                         .zip(pr)
                         .for_each(|(d, p)| *d = p * (*d - dot) * scale);
