@@ -6,8 +6,10 @@
 # STEPS steps. Ratio = JAX median / ours (> 1: ours is faster).
 #
 # usage: scripts/bench_vs_jax.sh [PAIRS=5]
-# env:   STEPS (60), PEER (the twin's path), JAX_VENV (target/venv-jax; created with jax from
-#        PyPI if jax is missing), PYTHON (python3, only to create that venv)
+# env:   STEPS (60), PEER (the twin's path), BENCH_BIN (a model-bench binary to time instead
+#        of building this tree's, e.g. one saved from an earlier commit), JAX_VENV
+#        (target/venv-jax; created with jax from PyPI if jax is missing), PYTHON (python3, only
+#        to create that venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PAIRS=${1:-5}
@@ -26,12 +28,12 @@ fi
 
 # Build the model bench once; its one-off report prints the per-step median (no criterion run
 # when the filter matches no group).
-BIN=$(cargo bench --bench model --no-run --message-format=json 2>/dev/null |
+BIN=${BENCH_BIN:-$(cargo bench --bench model --no-run --message-format=json 2>/dev/null |
     "$PY" -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "model" and m.get("executable"):
-        print(m["executable"])')
+        print(m["executable"])')}
 [ -x "$BIN" ] || { echo "could not build the model bench" >&2; exit 1; }
 
 ours() { AEM_BENCH_STEPS=$STEPS "$BIN" --bench __report_only__ 2>&1 | sed -n 's/^train_step median \([0-9.]*\) ms.*/\1/p'; }
