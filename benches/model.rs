@@ -56,10 +56,17 @@ fn report(cfg: &GptConfig) {
         train_step(&mut m, &mut opt, &x, &y);
     }
     *m.profile_mut() = Default::default();
-    let steps = 20;
+    // AEM_BENCH_STEPS: more steps for a steadier median (scripts/bench_vs_jax.sh uses 60).
+    let steps = std::env::var("AEM_BENCH_STEPS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(20);
     let (mut t_ce, mut t_opt) = (Duration::ZERO, Duration::ZERO);
+    let mut per = Vec::with_capacity(steps);
     let t0 = Instant::now();
     for _ in 0..steps {
+        let ts = Instant::now();
         let logits = m.forward(&x, B, T).expect("forward").to_vec();
         let tc = Instant::now();
         let (_, d) = cross_entropy(&logits, &y, cfg.vocab).expect("ce");
@@ -69,7 +76,10 @@ fn report(cfg: &GptConfig) {
         let to = Instant::now();
         opt.step(&mut m).expect("step");
         t_opt += to.elapsed();
+        per.push(ts.elapsed().as_secs_f64());
     }
+    per.sort_by(f64::total_cmp);
+    let median = per[steps / 2];
     let wall = t0.elapsed().as_secs_f64();
     let fwd = forward_flops_per_token(cfg, T);
     let train = 3.0 * fwd; // backward = 2× forward (d input and d weight per matmul)
@@ -82,6 +92,10 @@ fn report(cfg: &GptConfig) {
         B * T,
         (B * T) as f64 / per_step,
         train * (B * T) as f64 / per_step / 1e9
+    );
+    eprintln!(
+        "train_step median {:.2} ms over {steps} steps (B·T = {B}·{T}, warm)",
+        median * 1e3
     );
     let ms = |d: Duration| d.as_secs_f64() * 1e3 / steps as f64;
     let share = |d: Duration| 100.0 * d.as_secs_f64() / wall;

@@ -246,8 +246,86 @@ pub fn gemm(
 /// Widens a storage slice to a new `f32` vector.
 pub fn widen<E: Elem>(x: &[E]) -> Vec<f32> {
     let mut out = vec![0.0; x.len()];
-    E::widen(x, &mut out);
+    widen_into(x, &mut out);
     out
+}
+
+/// `E::widen`, with f16 converted 8 at a time inline where the CPU has F16C (half's slice
+/// conversion makes a call per 8 elements, ~8% of a training step). Exact either way.
+fn widen_into<E: Elem>(src: &[E], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if E::DTYPE == safetensors::Dtype::F16 && std::arch::is_x86_feature_detected!("f16c") {
+        if let Ok(bits) = bytemuck::try_cast_slice::<E, u16>(src) {
+            // SAFETY: the CPU supports F16C and AVX (F16C implies AVX), checked just above.
+            unsafe { f16c::widen(bits, dst) };
+            return;
+        }
+    }
+    E::widen(src, dst)
+}
+
+/// `E::narrow`, with f16 converted 8 at a time inline where the CPU has F16C; the same
+/// round-to-nearest-even conversion (half uses this instruction too), so the same bits.
+fn narrow_into<E: Elem>(src: &[f32], dst: &mut [E]) {
+    #[cfg(target_arch = "x86_64")]
+    if E::DTYPE == safetensors::Dtype::F16 && std::arch::is_x86_feature_detected!("f16c") {
+        if let Ok(bits) = bytemuck::try_cast_slice_mut::<E, u16>(dst) {
+            // SAFETY: the CPU supports F16C and AVX, checked just above.
+            unsafe { f16c::narrow(src, bits) };
+            return;
+        }
+    }
+    E::narrow(src, dst)
+}
+
+/// f16 ⇄ f32 slice conversion with the F16C instructions, on f16 bit patterns.
+#[cfg(target_arch = "x86_64")]
+mod f16c {
+    use half::f16;
+    use std::arch::x86_64::{
+        _mm256_cvtph_ps, _mm256_cvtps_ph, _mm256_loadu_ps, _mm256_storeu_ps, _mm_loadu_si128,
+        _mm_storeu_si128, _MM_FROUND_TO_NEAREST_INT,
+    };
+
+    /// dst[i] = src[i] widened, for i < min(len).
+    #[target_feature(enable = "avx,f16c")]
+    pub(super) fn widen(src: &[u16], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        let (src, dst) = (&src[..n], &mut dst[..n]);
+        let mut d8 = dst.chunks_exact_mut(8);
+        let mut s8 = src.chunks_exact(8);
+        for (s, d) in (&mut s8).zip(&mut d8) {
+            // SAFETY: `s` holds 8 u16 (16 bytes) and `d` 8 f32 (32 bytes); both intrinsics
+            // are unaligned accesses.
+            unsafe {
+                let h = _mm_loadu_si128(s.as_ptr().cast());
+                _mm256_storeu_ps(d.as_mut_ptr(), _mm256_cvtph_ps(h));
+            }
+        }
+        for (d, &s) in d8.into_remainder().iter_mut().zip(s8.remainder()) {
+            *d = f16::from_bits(s).to_f32();
+        }
+    }
+
+    /// dst[i] = src[i] rounded to nearest even, for i < min(len).
+    #[target_feature(enable = "avx,f16c")]
+    pub(super) fn narrow(src: &[f32], dst: &mut [u16]) {
+        let n = src.len().min(dst.len());
+        let (src, dst) = (&src[..n], &mut dst[..n]);
+        let mut d8 = dst.chunks_exact_mut(8);
+        let mut s8 = src.chunks_exact(8);
+        for (s, d) in (&mut s8).zip(&mut d8) {
+            // SAFETY: `s` holds 8 f32 (32 bytes) and `d` 8 u16 (16 bytes); both intrinsics
+            // are unaligned accesses.
+            unsafe {
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(s.as_ptr()));
+                _mm_storeu_si128(d.as_mut_ptr().cast(), h);
+            }
+        }
+        for (d, &s) in d8.into_remainder().iter_mut().zip(s8.remainder()) {
+            *d = f16::from_f32(s).to_bits();
+        }
+    }
 }
 
 /// out (N, M) = inp (N, K) · w (K, M) + bias (M).
@@ -280,12 +358,15 @@ pub fn matmul_forward<E: Elem>(
                     .for_each(|row| row.copy_from_slice(&bf[..m]));
             }
             gemm_seq(mr, k, m, Mat::rows(&a, k), Mat::rows(&wf, m), 1.0, &mut o)?;
-            E::narrow(&o, oc);
+            narrow_into(&o, oc);
             Ok(())
         })
 }
 
 /// dinp (N, K) = dout · wᵀ (overwritten); dw (K, M) += inpᵀ · dout; dbias (M) += Σ_rows dout.
+///
+/// The weight gradient has only K rows, too few to split, so it runs beside the row-parallel
+/// dinp product (the two are equal work) instead of after it.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_backward<E: Elem>(
     dinp: &mut [f32],
@@ -296,16 +377,23 @@ pub fn matmul_backward<E: Elem>(
     w: &[E],
     (n, k, m): (usize, usize, usize),
 ) -> Result<()> {
-    let wf = widen(w);
-    gemm(n, m, k, Mat::rows(dout, m), Mat::trans(&wf, m), 0.0, dinp)?;
-    let inpf = widen(inp);
-    gemm(k, n, m, Mat::trans(&inpf, k), Mat::rows(dout, m), 1.0, dw)?;
-    if let Some(db) = dbias {
-        for row in dout.chunks_exact(m).take(n) {
-            db.iter_mut().zip(row).for_each(|(d, g)| *d += g);
-        }
-    }
-    Ok(())
+    let (rd, rw) = rayon::join(
+        || {
+            let wf = widen(w);
+            gemm(n, m, k, Mat::rows(dout, m), Mat::trans(&wf, m), 0.0, dinp)
+        },
+        || {
+            let inpf = widen(inp);
+            gemm(k, n, m, Mat::trans(&inpf, k), Mat::rows(dout, m), 1.0, dw)?;
+            if let Some(db) = dbias {
+                for row in dout.chunks_exact(m).take(n) {
+                    db.iter_mut().zip(row).for_each(|(d, g)| *d += g);
+                }
+            }
+            Ok(())
+        },
+    );
+    rd.and(rw)
 }
 
 /// logits (N, V) f32 = inp (N, C) · wteᵀ.
@@ -320,7 +408,8 @@ pub fn logits_forward<E: Elem>(
     gemm(n, c, v, Mat::rows(&xf, c), Mat::trans(&wf, c), 0.0, logits)
 }
 
-/// dinp (N, C) = dlogits · wte (overwritten); dwte (V, C) += dlogitsᵀ · inp.
+/// dinp (N, C) = dlogits · wte (overwritten); dwte (V, C) += dlogitsᵀ · inp (side by side, as in
+/// [`matmul_backward`]).
 pub fn logits_backward<E: Elem>(
     dinp: &mut [f32],
     dwte: &mut [f32],
@@ -329,18 +418,25 @@ pub fn logits_backward<E: Elem>(
     wte: &[E],
     (n, c, v): (usize, usize, usize),
 ) -> Result<()> {
-    let wf = widen(wte);
-    gemm(n, v, c, Mat::rows(dlogits, v), Mat::rows(&wf, c), 0.0, dinp)?;
-    let xf = widen(inp);
-    gemm(
-        v,
-        n,
-        c,
-        Mat::trans(dlogits, v),
-        Mat::rows(&xf, c),
-        1.0,
-        dwte,
-    )
+    let (rd, rw) = rayon::join(
+        || {
+            let wf = widen(wte);
+            gemm(n, v, c, Mat::rows(dlogits, v), Mat::rows(&wf, c), 0.0, dinp)
+        },
+        || {
+            let xf = widen(inp);
+            gemm(
+                v,
+                n,
+                c,
+                Mat::trans(dlogits, v),
+                Mat::rows(&xf, c),
+                1.0,
+                dwte,
+            )
+        },
+    );
+    rd.and(rw)
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -365,7 +461,7 @@ pub fn encoder_forward<E: Elem>(
             let mut we = widen(&wte[tok * c..(tok + 1) * c]);
             let pe = widen(&wpe[pos * c..(pos + 1) * c]);
             we.iter_mut().zip(&pe).for_each(|(a, b)| *a += b);
-            E::narrow(&we, o);
+            narrow_into(&we, o);
         });
 }
 
@@ -407,19 +503,21 @@ pub fn layernorm_forward<E: Elem>(
         .zip(inp.par_chunks(c))
         .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
         .with_min_len(MIN_ROWS)
-        .for_each(|((o, x), (mu, rs))| {
-            let mut xf = vec![0.0f32; c];
-            E::widen(x, &mut xf);
-            let m = xf.iter().sum::<f32>() / c as f32;
-            let var = xf.iter().map(|v| (v - m) * (v - m)).sum::<f32>() / c as f32;
-            let s = 1.0 / (var + LN_EPS).sqrt();
-            for ((x, &w), &b) in xf.iter_mut().zip(&wf).zip(&bf) {
-                *x = (*x - m) * s * w + b;
-            }
-            E::narrow(&xf, o);
-            *mu = m;
-            *rs = s;
-        });
+        .for_each_init(
+            || vec![0.0f32; c],
+            |xf, ((o, x), (mu, rs))| {
+                widen_into(x, xf);
+                let m = sum8(xf) / c as f32;
+                let var = sqdev8(xf, m) / c as f32;
+                let s = 1.0 / (var + LN_EPS).sqrt();
+                for ((x, &w), &b) in xf.iter_mut().zip(&wf).zip(&bf) {
+                    *x = (*x - m) * s * w + b;
+                }
+                narrow_into(xf, o);
+                *mu = m;
+                *rs = s;
+            },
+        );
 }
 
 /// dinp (N, C) += layernorm backward; dw (C) += Σ norm·dout; db (C) += Σ dout.
@@ -436,37 +534,41 @@ pub fn layernorm_backward<E: Elem>(
     c: usize,
 ) {
     let wf = widen(w);
-    dinp.par_chunks_mut(c)
-        .zip(dout.par_chunks(c))
-        .zip(inp.par_chunks(c))
-        .zip(mean.par_iter().zip(rstd.par_iter()))
-        .with_min_len(MIN_ROWS)
-        .for_each(|(((di, g), x), (&mu, &rs))| {
-            let mut norm = widen(x);
-            norm.iter_mut().for_each(|x| *x = (*x - mu) * rs);
-            let (mut dmean, mut dnmean) = (0.0f32, 0.0f32);
-            for ((&g, &n), &w) in g.iter().zip(&norm).zip(&wf) {
-                dmean += w * g;
-                dnmean += w * g * n;
+    let dx = || {
+        dinp.par_chunks_mut(c)
+            .zip(dout.par_chunks(c))
+            .zip(inp.par_chunks(c))
+            .zip(mean.par_iter().zip(rstd.par_iter()))
+            .with_min_len(MIN_ROWS)
+            .for_each_init(
+                || vec![0.0f32; c],
+                |norm, (((di, g), x), (&mu, &rs))| {
+                    widen_into(x, norm);
+                    norm.iter_mut().for_each(|x| *x = (*x - mu) * rs);
+                    let (dmean, dnmean) = ln_sums8(&wf, g, norm);
+                    let (dmean, dnmean) = (dmean / c as f32, dnmean / c as f32);
+                    for (((d, &g), &n), &w) in di.iter_mut().zip(g).zip(norm.iter()).zip(&wf) {
+                        *d += (w * g - dmean - n * dnmean) * rs;
+                    }
+                },
+            )
+    };
+    // The parameter gradients sum over rows in row order on one thread, beside the rows above.
+    let dparams = || {
+        let mut norm = vec![0.0f32; c];
+        for ((g, x), (&mu, &rs)) in dout
+            .chunks_exact(c)
+            .zip(inp.chunks_exact(c))
+            .zip(mean.iter().zip(rstd))
+        {
+            widen_into(x, &mut norm);
+            for (((dw, db), &g), &x) in dw.iter_mut().zip(db.iter_mut()).zip(g).zip(&norm) {
+                *dw += (x - mu) * rs * g;
+                *db += g;
             }
-            dmean /= c as f32;
-            dnmean /= c as f32;
-            for (((d, &g), &n), &w) in di.iter_mut().zip(g).zip(&norm).zip(&wf) {
-                *d += (w * g - dmean - n * dnmean) * rs;
-            }
-        });
-    let mut norm = vec![0.0f32; c];
-    for ((g, x), (&mu, &rs)) in dout
-        .chunks_exact(c)
-        .zip(inp.chunks_exact(c))
-        .zip(mean.iter().zip(rstd))
-    {
-        E::widen(x, &mut norm);
-        for (((dw, db), &g), &x) in dw.iter_mut().zip(db.iter_mut()).zip(g).zip(&norm) {
-            *dw += (x - mu) * rs * g;
-            *db += g;
         }
-    }
+    };
+    rayon::join(dx, dparams);
 }
 
 /// Elements per conversion block of the elementwise ops (stack buffers, SIMD widen/narrow).
@@ -485,25 +587,201 @@ pub fn residual_forward<E: Elem>(out: &mut [E], a: &[E], b: &[E]) {
                 .zip(b.chunks(BLOCK))
             {
                 let n = o.len();
-                E::widen(a, &mut x[..n]);
-                E::widen(b, &mut y[..n]);
+                widen_into(a, &mut x[..n]);
+                widen_into(b, &mut y[..n]);
                 x[..n].iter_mut().zip(&y[..n]).for_each(|(x, y)| *x += y);
-                E::narrow(&x[..n], o);
+                narrow_into(&x[..n], o);
             }
         });
 }
 
-/// tanh via exp: exact to a few f32 ulps in absolute terms, which is what `1 + tanh` needs,
-/// and several times faster than libm's `tanhf`. Saturates correctly (exp overflow → 1).
-#[inline]
+// ----------------------------------------------------------------------------------------------
+// vector math
+
+/// Defines `fn $name(args)` from a body written once: compiled for AVX2 too and dispatched at
+/// run time where the CPU has it (8 lanes instead of SSE2's 4). The body uses no fused
+/// multiply-add and Rust never contracts, so both versions give bit-identical results.
+macro_rules! simd_fn {
+    ($(#[$m:meta])* fn $name:ident($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)? $body:block) => {
+        $(#[$m])*
+        fn $name($($a: $t),*) $(-> $r)? {
+            #[inline(always)]
+            fn generic($($a: $t),*) $(-> $r)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                fn avx2($($a: $t),*) $(-> $r)? {
+                    generic($($a),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2 (checked just above), the only
+                    // requirement of calling a `target_feature(enable = "avx2")` function.
+                    return unsafe { avx2($($a),*) };
+                }
+            }
+            generic($($a),*)
+        }
+    };
+}
+
+/// Combines 8 lane sums pairwise, in a fixed order.
+#[inline(always)]
+fn combine8(a: [f32; 8]) -> f32 {
+    ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
+}
+
+// The row sums below add element i into lane i mod 8 and combine the lanes with `combine8`:
+// a fixed order (deterministic), but 8 independent chains instead of one latency-bound chain
+// (the rows here are 16–256 long).
+
+simd_fn! {
+    /// Σ x.
+    fn sum8(x: &[f32]) -> f32 {
+        let mut acc = [0.0f32; 8];
+        let mut it = x.chunks_exact(8);
+        for c in &mut it {
+            acc.iter_mut().zip(c).for_each(|(a, &v)| *a += v);
+        }
+        acc.iter_mut().zip(it.remainder()).for_each(|(a, &v)| *a += v);
+        combine8(acc)
+    }
+}
+
+simd_fn! {
+    /// Σ a·b.
+    fn dot8(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0.0f32; 8];
+        let (mut ia, mut ib) = (a.chunks_exact(8), b.chunks_exact(8));
+        for (ca, cb) in (&mut ia).zip(&mut ib) {
+            for ((s, &x), &y) in acc.iter_mut().zip(ca).zip(cb) {
+                *s += x * y;
+            }
+        }
+        for ((s, &x), &y) in acc.iter_mut().zip(ia.remainder()).zip(ib.remainder()) {
+            *s += x * y;
+        }
+        combine8(acc)
+    }
+}
+
+simd_fn! {
+    /// Σ (x − m)².
+    fn sqdev8(x: &[f32], m: f32) -> f32 {
+        let mut acc = [0.0f32; 8];
+        let mut it = x.chunks_exact(8);
+        for c in &mut it {
+            acc.iter_mut().zip(c).for_each(|(a, &v)| *a += (v - m) * (v - m));
+        }
+        acc.iter_mut()
+            .zip(it.remainder())
+            .for_each(|(a, &v)| *a += (v - m) * (v - m));
+        combine8(acc)
+    }
+}
+
+simd_fn! {
+    /// (Σ w·g, Σ w·g·n): LayerNorm backward's two row sums.
+    fn ln_sums8(w: &[f32], g: &[f32], n: &[f32]) -> (f32, f32) {
+        let (mut a, mut b) = ([0.0f32; 8], [0.0f32; 8]);
+        let (mut iw, mut ig, mut inn) = (w.chunks_exact(8), g.chunks_exact(8), n.chunks_exact(8));
+        for ((cw, cg), cn) in (&mut iw).zip(&mut ig).zip(&mut inn) {
+            for l in 0..8 {
+                let wg = cw[l] * cg[l];
+                a[l] += wg;
+                b[l] += wg * cn[l];
+            }
+        }
+        let tail = iw.remainder().iter().zip(ig.remainder()).zip(inn.remainder());
+        for (l, ((&w, &g), &n)) in tail.enumerate() {
+            a[l] += w * g;
+            b[l] += w * g * n;
+        }
+        (combine8(a), combine8(b))
+    }
+}
+
+simd_fn! {
+    /// max(x·scale) (exact in any order; NaN ignored as by `f32::max`).
+    fn max_scaled8(x: &[f32], scale: f32) -> f32 {
+        let mut acc = [f32::NEG_INFINITY; 8];
+        let mut it = x.chunks_exact(8);
+        for c in &mut it {
+            acc.iter_mut().zip(c).for_each(|(a, &v)| *a = a.max(v * scale));
+        }
+        acc.iter_mut()
+            .zip(it.remainder())
+            .for_each(|(a, &v)| *a = a.max(v * scale));
+        acc.iter().fold(f32::NEG_INFINITY, |m, &a| m.max(a))
+    }
+}
+
+/// e^x, branch-free so that loops over slices vectorize (libm's `expf` is a call per element):
+/// Cody–Waite reduction x = n·ln2 + r, |r| ≤ ln2/2, Cephes' degree-7 polynomial for e^r
+/// (≈ 1 ulp), 2^n built in the exponent bits. x is clamped to [−87.3, 88.3] so 2^n stays
+/// normal and the result finite (below that e^x is < 2⁻¹²⁶, at which every caller's sum or
+/// `1 + e` no longer sees it); NaN passes through.
+#[inline(always)]
+fn exp_fast(x: f32) -> f32 {
+    const HI: f32 = 88.3;
+    const LO: f32 = -87.3;
+    // Adding 1.5·2²³ rounds to an integer and leaves it in the low mantissa bits.
+    const SHIFT: f32 = 12_582_912.0;
+    let x = x.clamp(LO, HI); // NaN stays NaN
+    let t = x * std::f32::consts::LOG2_E + SHIFT;
+    let n = t - SHIFT;
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let p = ((((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
+        * r
+        + 0.166_666_65)
+        * r
+        + 0.5)
+        * r)
+        * r
+        + r
+        + 1.0;
+    // t's bits are SHIFT's plus n (|n| ≤ 127); n + 127 is 2ⁿ's biased exponent.
+    let e = (t.to_bits() as i32 - SHIFT.to_bits() as i32 + 127) << 23;
+    p * f32::from_bits(e as u32)
+}
+
+/// tanh via exp: exact to a few f32 ulps in absolute terms, which is what `1 + tanh` needs.
+/// Saturates correctly (e^2u clamps to 2¹²⁷ → 1, to ≈ 0 → −1).
+#[inline(always)]
 fn tanh_fast(u: f32) -> f32 {
-    1.0 - 2.0 / ((2.0 * u).exp() + 1.0)
+    1.0 - 2.0 / (exp_fast(2.0 * u) + 1.0)
 }
 
 /// tanh-GELU of one value.
-#[inline]
+#[inline(always)]
 fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + tanh_fast(GELU_SCALE * (x + 0.044715 * x * x * x)))
+}
+
+simd_fn! {
+    /// x = gelu(x), elementwise.
+    fn gelu_slice(x: &mut [f32]) {
+        x.iter_mut().for_each(|v| *v = gelu(*v));
+    }
+}
+
+simd_fn! {
+    /// d = gelu'(x) · g, elementwise.
+    fn gelu_grad_slice(d: &mut [f32], x: &[f32], g: &[f32]) {
+        for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
+            let th = tanh_fast(GELU_SCALE * (x + 0.044715 * x * x * x));
+            let sech2 = 1.0 - th * th;
+            let local = 0.5 * (1.0 + th)
+                + x * 0.5 * sech2 * GELU_SCALE * (1.0 + 3.0 * 0.044715 * x * x);
+            *d = local * g;
+        }
+    }
+}
+
+simd_fn! {
+    /// x = e^(x·scale − max), elementwise (the softmax numerators).
+    fn exp_shifted(x: &mut [f32], scale: f32, max: f32) {
+        x.iter_mut().for_each(|v| *v = exp_fast(*v * scale - max));
+    }
 }
 
 /// out = gelu(inp) (elementwise).
@@ -514,9 +792,9 @@ pub fn gelu_forward<E: Elem>(out: &mut [E], inp: &[E]) {
             let mut buf = [0.0f32; BLOCK];
             for (o, x) in o.chunks_mut(BLOCK).zip(x.chunks(BLOCK)) {
                 let n = o.len();
-                E::widen(x, &mut buf[..n]);
-                buf[..n].iter_mut().for_each(|v| *v = gelu(*v));
-                E::narrow(&buf[..n], o);
+                widen_into(x, &mut buf[..n]);
+                gelu_slice(&mut buf[..n]);
+                narrow_into(&buf[..n], o);
             }
         });
 }
@@ -534,14 +812,8 @@ pub fn gelu_backward<E: Elem>(dinp: &mut [f32], inp: &[E], dout: &[f32]) {
                 .zip(g.chunks(BLOCK))
             {
                 let n = d.len();
-                E::widen(x, &mut buf[..n]);
-                for ((d, &x), &g) in d.iter_mut().zip(&buf[..n]).zip(g) {
-                    let th = tanh_fast(GELU_SCALE * (x + 0.044715 * x * x * x));
-                    let sech2 = 1.0 - th * th;
-                    let local = 0.5 * (1.0 + th)
-                        + x * 0.5 * sech2 * GELU_SCALE * (1.0 + 3.0 * 0.044715 * x * x);
-                    *d = local * g;
-                }
+                widen_into(x, &mut buf[..n]);
+                gelu_grad_slice(d, &buf[..n], g);
             }
         });
 }
@@ -574,15 +846,12 @@ fn attend_one<'a>(
     let mut max = f32::NEG_INFINITY;
     for (t2, s) in p.iter_mut().enumerate().take(last + 1) {
         let (k, _) = kv(t2);
-        let dot: f32 = q.iter().zip(k).map(|(a, b)| a * b).sum();
+        let dot = dot8(q, k);
         *s = dot * scale;
         max = max.max(*s);
     }
-    let mut sum = 0.0f32;
-    for s in p.iter_mut().take(last + 1) {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
+    exp_shifted(&mut p[..=last], 1.0, max);
+    let sum = sum8(&p[..=last]);
     let inv = 1.0 / sum;
     y.iter_mut().for_each(|v| *v = 0.0);
     for (t2, s) in p.iter_mut().enumerate().take(last + 1) {
@@ -644,25 +913,20 @@ pub fn attention_forward<E: Elem>(
                 gemm_seq(t, hs, t, q, kt, 0.0, &mut sc)?;
                 for (ti, row) in sc.chunks_exact_mut(t).enumerate() {
                     let (live, dead) = row.split_at_mut(ti + 1);
-                    let max = live
-                        .iter()
-                        .fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
-                    let mut sum = 0.0f32;
-                    for x in live.iter_mut() {
-                        *x = (*x * scale - max).exp();
-                        sum += *x;
-                    }
+                    let max = max_scaled8(live, scale);
+                    exp_shifted(live, scale, max);
+                    let sum = sum8(live);
                     let inv = 1.0 / sum;
                     live.iter_mut().for_each(|x| *x *= inv);
                     dead.iter_mut().for_each(|x| *x = 0.0);
                 }
-                E::narrow(&sc, &mut ab[h * t * t..][..t * t]);
+                narrow_into(&sc, &mut ab[h * t * t..][..t * t]);
                 gemm_seq(t, t, hs, Mat::rows(&sc, t), v, 0.0, &mut yh)?;
                 for (yr, hr) in y.chunks_exact_mut(c).zip(yh.chunks_exact(hs)) {
                     yr[h * hs..][..hs].copy_from_slice(hr);
                 }
             }
-            E::narrow(&y, yb);
+            narrow_into(&y, yb);
             Ok(())
         })
 }
@@ -716,7 +980,7 @@ pub fn attention_backward<E: Elem>(
                 gemm_seq(t, t, hs, Mat::trans(p, t), g, 0.0, &mut tmp)?; // dV
                 add_cols(dq, &tmp, 3 * c, 2 * c + h * hs, hs);
                 for (dr, pr) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
-                    let dot: f32 = dr.iter().zip(pr).map(|(d, p)| d * p).sum();
+                    let dot = dot8(dr, pr);
                     dr.iter_mut()
                         .zip(pr)
                         .for_each(|(d, p)| *d = p * (*d - dot) * scale);
@@ -757,7 +1021,7 @@ pub fn attention_decode<E: Elem>(
                 let q = &qf[h * hs..][..hs];
                 let kv = |t2: usize| (&kf[t2 * c + h * hs..][..hs], &vf[t2 * c + h * hs..][..hs]);
                 attend_one(q, pos, kv, &mut p, &mut y);
-                E::narrow(&y, &mut yb[h * hs..][..hs]);
+                narrow_into(&y, &mut yb[h * hs..][..hs]);
             }
         });
 }
