@@ -299,7 +299,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Best-effort fsync of a directory (makes a rename or a new file durable; not every file system
 /// supports it, so failures are ignored).
-pub fn sync_dir(dir: &Path) {
+fn sync_dir(dir: &Path) {
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }

@@ -80,26 +80,38 @@ fn model_configs_beyond_memory_are_refused() {
 fn a_checkpoint_claiming_a_huge_model_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     hostile::model_files(dir.path());
-    // Rewrite the metadata's config to claim n_embd = 1e6 (the tensors stay 1.5 MB).
-    hostile::with_metadata(&dir.path().join("ck.st"), &dir.path().join("big.st"), |m| {
-        let cfg = m["config"].replace("\"n_embd\":64", "\"n_embd\":1000000");
-        assert_ne!(cfg, m["config"]);
-        m.insert("config".into(), cfg);
-    });
-    let e = fails_fast(
-        &[
-            "model",
-            "forward",
-            "--checkpoint",
-            "big.st",
-            "--input",
-            "tok.st",
-            "--output",
-            "o.st",
-        ],
-        dir.path(),
-    );
-    assert!(e.contains("1000000") || e.contains("checksum"), "{e}");
+    // The metadata's config claims another n_embd, checksums resealed (the tensors stay 1.5 MB):
+    // 1e6 needs more memory than the budget; 128 fits the budget but not the file.
+    for (n_embd, want) in [
+        ("1000000", "needs"),
+        ("128", "bytes of tensors, the file has"),
+    ] {
+        hostile::rewrite(
+            &dir.path().join("ck.st"),
+            &dir.path().join("big.st"),
+            |m| {
+                let cfg = m["config"].replace("\"n_embd\":64", &format!("\"n_embd\":{n_embd}"));
+                assert_ne!(cfg, m["config"]);
+                m.insert("config".into(), cfg);
+            },
+            |_, _, _| {},
+            true,
+        );
+        let e = fails_fast(
+            &[
+                "model",
+                "forward",
+                "--checkpoint",
+                "big.st",
+                "--input",
+                "tok.st",
+                "--output",
+                "o.st",
+            ],
+            dir.path(),
+        );
+        assert!(e.contains(want) && !e.contains("checksum"), "{n_embd}: {e}");
+    }
 }
 
 #[test]

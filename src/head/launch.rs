@@ -336,10 +336,15 @@ impl DeviceHead {
     /// Zeroes the kernels' counters. The fused forward leaves its completion counters at zero
     /// when it finishes, but a failed launch may not, so they are reset every time (R + G words).
     fn reset_counters(&mut self, dev: &Device) -> Result<()> {
-        dev.write(&mut self.bad_count, &[0])?;
-        dev.write(&mut self.first_bad, &[u32::MAX])?;
+        self.reset_bad_rows(dev)?;
         dev.write(&mut self.resp_done, &vec![0; self.r])?;
         dev.write(&mut self.grp_done, &vec![0; self.g])
+    }
+
+    /// Zeroes the bad-row counter (and sets the first bad row to "none").
+    fn reset_bad_rows(&mut self, dev: &Device) -> Result<()> {
+        dev.write(&mut self.bad_count, &[0])?;
+        dev.write(&mut self.first_bad, &[u32::MAX])
     }
 
     /// Token stats, response stats, α and the rescaled advantage (launches only).
@@ -592,8 +597,7 @@ impl DeviceHead {
     ) -> Result<()> {
         check_block(block)?;
         self.check_logits(logits)?;
-        dev.write(&mut self.bad_count, &[0])?;
-        dev.write(&mut self.first_bad, &[u32::MAX])?;
+        self.reset_bad_rows(dev)?;
         dev.copy(&self.adv_base, &mut self.adv)?;
         let plan = Plan {
             backward: BackwardPlan::Fused { row_cache: true },

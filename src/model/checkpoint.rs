@@ -121,19 +121,7 @@ pub fn save_checkpoint<E: Elem>(
         }
     }
     let names = model.layout().hf_tensors();
-    for (name, _, r) in &names {
-        let params = &model.params()[r.clone()];
-        if let Some(i) = params.iter().position(|x| !x.to_f32().is_finite()) {
-            return Err(non_finite(name, i, f64::from(params[i].to_f32())));
-        }
-        for (prefix, buf) in [
-            ("optim.master.", &optim.master),
-            ("optim.m.", &optim.m),
-            ("optim.v.", &optim.v),
-        ] {
-            first_non_finite(&format!("{prefix}{name}"), &buf[r.clone()])?;
-        }
-    }
+    check_finite_state(model, optim)?;
     let rng_state = rng_bytes(rng);
     let mut views: Vec<(String, TensorView)> = Vec::with_capacity(4 * names.len() + 1);
     for (name, shape, r) in &names {
@@ -206,11 +194,34 @@ fn non_finite(name: &str, index: usize, value: f64) -> ModelError {
     ))
 }
 
-fn first_non_finite(name: &str, xs: &[f32]) -> Result<()> {
-    match xs.iter().position(|x| !x.is_finite()) {
-        Some(i) => Err(non_finite(name, i, f64::from(xs[i]))),
+/// The first non-finite parameter or optimizer value (tensor order, then `optim.master`, `.m`,
+/// `.v` of that tensor), as an error naming the tensor and index. Saving and loading both refuse
+/// one, so no checkpoint holds a non-finite value.
+fn check_finite_state<E: Elem>(model: &Gpt<E>, optim: &AdamW) -> Result<()> {
+    let first = |name: &str, xs: &mut dyn Iterator<Item = f32>| match xs
+        .enumerate()
+        .find(|(_, x)| !x.is_finite())
+    {
+        Some((i, x)) => Err(non_finite(name, i, f64::from(x))),
         None => Ok(()),
+    };
+    for (name, _, r) in model.layout().hf_tensors() {
+        first(
+            &name,
+            &mut model.params()[r.clone()].iter().map(|x| x.to_f32()),
+        )?;
+        for (prefix, buf) in [
+            ("optim.master.", &optim.master),
+            ("optim.m.", &optim.m),
+            ("optim.v.", &optim.v),
+        ] {
+            first(
+                &format!("{prefix}{name}"),
+                &mut buf[r.clone()].iter().copied(),
+            )?;
+        }
     }
+    Ok(())
 }
 
 /// Checks every tensor's and the metadata's CRC-32 against `aem.checksum`.
@@ -366,15 +377,7 @@ pub fn load_checkpoint<E: Elem>(path: &Path) -> Result<Checkpoint<E>> {
             &mut optim.v[r],
         )?;
     }
-    for (name, _, r) in model.layout().hf_tensors() {
-        let params = &model.params()[r.clone()];
-        if let Some(i) = params.iter().position(|x| !x.to_f32().is_finite()) {
-            return Err(non_finite(&name, i, f64::from(params[i].to_f32())));
-        }
-        first_non_finite(&format!("optim.master.{name}"), &optim.master[r.clone()])?;
-        first_non_finite(&format!("optim.m.{name}"), &optim.m[r.clone()])?;
-        first_non_finite(&format!("optim.v.{name}"), &optim.v[r])?;
-    }
+    check_finite_state(&model, &optim)?;
     let rs = st
         .tensor("rng.state")
         .map_err(|_| bad("missing tensor rng.state"))?;

@@ -116,18 +116,6 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<StepRecord>, TrainError> {
     Ok(out)
 }
 
-/// Rewrites `metrics.jsonl` atomically with `records`.
-pub fn write_jsonl(path: &Path, records: &[StepRecord]) -> Result<(), TrainError> {
-    let mut text = String::new();
-    for r in records {
-        let line = serde_json::to_string(r)
-            .map_err(|e| TrainError::Config(format!("serialise metrics: {e}")))?;
-        text.push_str(&line);
-        text.push('\n');
-    }
-    write_atomic(path, text.as_bytes())
-}
-
 /// The records of a run being resumed whose checkpoint is at `step` (`None`: no checkpoint, the
 /// run starts again from its config): the lines of steps `0..=step`, which must all be present,
 /// in order. Later lines (the trainer appends a record before it writes that iteration's

@@ -448,7 +448,9 @@ pub fn train_with(
         let lock = RunLock::acquire(dir)?;
         let cfg = TrainConfig::from_toml_file(&cpath)?;
         let recorded = cfg.run.backend.clone();
-        let trainer = if ckpt.exists() {
+        // Read once: the trainer and the records kept must agree on whether there is one.
+        let has_ckpt = ckpt.exists();
+        let trainer = if has_ckpt {
             Trainer::from_checkpoint(cfg, &ckpt, opened)?
         } else {
             // A start that stopped before its first checkpoint: start again from the config.
@@ -458,7 +460,7 @@ pub fn train_with(
             // Continued on another backend: the config records the one that runs now.
             metrics::write_atomic(&cpath, trainer.cfg.to_toml()?.as_bytes())?;
         }
-        let kept = ckpt.exists().then_some(trainer.step);
+        let kept = has_ckpt.then_some(trainer.step);
         let recs = metrics::resume_records(&dir.join(METRICS), kept)?;
         (dir.clone(), trainer, recs, lock)
     } else {

@@ -151,10 +151,57 @@ pub fn with_metadata(
     dst: &Path,
     edit: impl FnOnce(&mut std::collections::HashMap<String, String>),
 ) {
+    rewrite(src, dst, edit, |_, _, _| {}, false);
+}
+
+/// Copies a checkpoint with its metadata and tensor bytes edited; with `reseal`, its
+/// `aem.checksum` is recomputed in the format of `model::checkpoint` (CRC-32 per tensor, and one
+/// over the other metadata values in key order) so that only the edit is wrong.
+pub fn rewrite(
+    src: &Path,
+    dst: &Path,
+    edit_meta: impl FnOnce(&mut std::collections::HashMap<String, String>),
+    mut edit_tensor: impl FnMut(&str, safetensors::Dtype, &mut Vec<u8>),
+    reseal: bool,
+) {
     let bytes = std::fs::read(src).unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let mut m = meta.metadata().clone().unwrap_or_default();
-    edit(&mut m);
+    edit_meta(&mut m);
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    std::fs::write(dst, safetensors::serialize(st.tensors(), Some(m)).unwrap()).unwrap();
+    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    for (n, dt, _, data) in &mut owned {
+        edit_tensor(n, *dt, data);
+    }
+    if reseal {
+        m.remove("aem.checksum");
+        let mut sums: std::collections::BTreeMap<String, String> = owned
+            .iter()
+            .map(|(n, _, _, d)| (n.clone(), format!("{:08x}", crc32fast::hash(d))))
+            .collect();
+        let mut h = crc32fast::Hasher::new();
+        let mut keys: Vec<&String> = m.keys().collect();
+        keys.sort();
+        for k in keys {
+            for part in [k.as_bytes(), b"\0", m[k].as_bytes(), b"\0"] {
+                h.update(part);
+            }
+        }
+        sums.insert("metadata".into(), format!("{:08x}", h.finalize()));
+        m.insert("aem.checksum".into(), serde_json::to_string(&sums).unwrap());
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+        .iter()
+        .map(|(n, dt, s, d)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*dt, s.clone(), d).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(dst, safetensors::serialize(views, Some(m)).unwrap()).unwrap();
 }
