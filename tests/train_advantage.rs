@@ -181,7 +181,7 @@ fn gigpo_anchor_groups_from_canonical_observations() {
 fn aem_alpha_on_rollout_groups() {
     let ro = mixed("keyrooms-train");
     let mut c = cfg_with("gigpo");
-    let al = alpha_of(&ro, &c).unwrap();
+    let al = alpha_of(&ro, &c, 1).unwrap();
     // Group mean 1, decreasing in mean entropy, within (1/e, e) for λ = 1.
     for g in 0..ro.n_groups {
         let members: Vec<usize> = (0..ro.turns.len())
@@ -205,11 +205,15 @@ fn aem_alpha_on_rollout_groups() {
     }
     // AEM off: α ≡ 1.
     c.algo.aem = false;
-    assert!(alpha_of(&ro, &c).unwrap().alpha.iter().all(|&a| a == 1.0));
+    assert!(alpha_of(&ro, &c, 1)
+        .unwrap()
+        .alpha
+        .iter()
+        .all(|&a| a == 1.0));
     // A guard larger than any range: every group keeps α = 1.
     c.algo.aem = true;
     c.algo.delta = 100.0;
-    let al = alpha_of(&ro, &c).unwrap();
+    let al = alpha_of(&ro, &c, 1).unwrap();
     assert_eq!(al.guarded_groups, ro.n_groups);
     assert!(al.alpha.iter().all(|&a| a == 1.0));
 }

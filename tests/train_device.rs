@@ -86,7 +86,7 @@ fn batch(seed: u64) -> (Gpt<f16>, Rollouts, Vec<f64>, Vec<f64>) {
         |_, _| {},
     )
     .unwrap();
-    let al = alpha_of(&ro, &TrainConfig::default()).unwrap();
+    let al = alpha_of(&ro, &TrainConfig::default(), 1).unwrap();
     assert!(
         al.alpha.iter().any(|&a| (a - 1.0).abs() > 0.05),
         "α is trivial: {:?}",
@@ -304,7 +304,18 @@ fn update_with(l: &mut dyn Learner, ro: &Rollouts, adv: &[f64]) -> UpdateStats {
     let tc = TrainConfig::default();
     let hcfg = update::head_config(&tc, &tc.validate().unwrap());
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    update::ppo_update(l, ro, adv, &hcfg, 1, 1, 1e-3, &mut rng).unwrap()
+    update::ppo_update(
+        l,
+        ro,
+        &(0..ro.turns.len()).collect::<Vec<_>>(),
+        adv,
+        &hcfg,
+        1,
+        1,
+        1e-3,
+        &mut rng,
+    )
+    .unwrap()
 }
 
 /// The first update of a run (one PPO step on the same rollouts and α·A_base): loss and gradient

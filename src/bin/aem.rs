@@ -3,7 +3,7 @@
 use aem::device::Backend;
 use aem::head::file::{self, GradDtype};
 use aem::head::{Aggregation, HeadConfig};
-use aem::train::config::parse_backend;
+use aem::train::config::{parse_backend, AemMap, AemOnly, AemProxy, AemScope};
 use aem::train::policy::open_backend;
 use aem::train::run::requested_backend;
 use aem::train::{train_with, RunOptions, TrainConfig, TrainError};
@@ -58,6 +58,110 @@ enum Cmd {
     Train(Box<TrainArgs>),
     /// Evaluate a checkpoint on held-out tasks and the OOD level (greedy, sampled, random valid).
     Eval(EvalArgs),
+    /// Does AEM's α track the relative surprisal S − H_resp(s) for this policy? (README "Is AEM
+    /// worth turning on?").
+    Probe(ProbeArgs),
+}
+
+#[derive(Args)]
+struct ProbeArgs {
+    /// A checkpoint file, or a run directory (its checkpoint.safetensors).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The run's config (default: config.toml next to the checkpoint).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Held-out tasks (each one group of --rollouts episodes).
+    #[arg(long, value_parser = count, default_value_t = 32)]
+    tasks: usize,
+    /// Episodes per task.
+    #[arg(long, value_parser = count, default_value_t = 8)]
+    rollouts: usize,
+    /// Alternative responses sampled per state to estimate H_resp(s) (K).
+    #[arg(long, value_parser = count, default_value_t = 16)]
+    alts: usize,
+    /// Seed of the sampling.
+    #[arg(long, value_parser = count64, default_value_t = 0)]
+    seed: u64,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Where the policy samples.
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    backend: Backend,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// The checkpoint file and config path of `--checkpoint` / `--config`.
+fn checkpoint_paths(
+    checkpoint: &std::path::Path,
+    config: Option<&PathBuf>,
+) -> Result<(PathBuf, PathBuf), TrainError> {
+    let ckpt = if checkpoint.is_dir() {
+        checkpoint.join(aem::train::run::CHECKPOINT)
+    } else {
+        checkpoint.to_path_buf()
+    };
+    if !ckpt.is_file() {
+        return Err(TrainError::RunDir {
+            path: ckpt,
+            why: "no such checkpoint file".into(),
+        });
+    }
+    let cpath = match config {
+        Some(p) => p.clone(),
+        None => ckpt
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join(aem::train::run::CONFIG),
+    };
+    Ok((ckpt, cpath))
+}
+
+fn probe_cmd(a: ProbeArgs) -> Result<(), TrainError> {
+    let (ckpt, cpath) = checkpoint_paths(&a.checkpoint, a.config.as_ref())?;
+    if let Some(p) = &a.json {
+        aem::io::check_output(p, &[&ckpt, &cpath])?;
+    }
+    let cfg = TrainConfig::from_toml_file(&cpath)?;
+    let pb = progress(!a.quiet && std::io::stderr().is_terminal(), 1);
+    let opened = open_backend(a.backend)?;
+    let pc = aem::train::probe::ProbeConfig {
+        tasks: a.tasks,
+        rollouts: a.rollouts,
+        alts: a.alts,
+        seed: a.seed,
+    };
+    let rep =
+        aem::train::probe::probe_checkpoint(&cfg, &ckpt, pc, opened.device.as_ref(), |d, t| {
+            pb.set_length(t as u64);
+            pb.set_position(d as u64);
+        })?;
+    pb.finish_and_clear();
+    print!("{}", aem::train::probe::table(&rep));
+    if let Some(p) = &a.json {
+        let text = serde_json::to_string_pretty(&rep)
+            .map_err(|e| TrainError::Config(format!("serialise probe report: {e}")))?;
+        aem::train::metrics::write_atomic(p, text.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// A progress bar on stderr (hidden when `show` is false).
+fn progress(show: bool, len: u64) -> indicatif::ProgressBar {
+    let pb = if show {
+        indicatif::ProgressBar::new(len)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{spinner} {wide_bar} {pos}/{len} {msg}")
+    {
+        pb.set_style(style);
+    }
+    pb
 }
 
 /// Assigns a flag's value to its config field (a plain field, or an optional one: `Some(v)`).
@@ -171,6 +275,16 @@ train_flags! {
     lambda: f32 [clap::value_parser!(f32)] => algo.lambda;
     /// AEM range guard δ.
     delta: f32 [clap::value_parser!(f32)] => algo.delta;
+    /// AEM's ranked statistic: mean (the paper's) | free-mean | sum | free-fraction (control).
+    aem_proxy: AemProxy [clap::value_parser!(AemProxy)] => algo.aem_proxy;
+    /// AEM's ranking group: task (the paper's) | turn | anchor.
+    aem_scope: AemScope [clap::value_parser!(AemScope)] => algo.aem_scope;
+    /// AEM's map to α: paper | reversed | shuffled (controls).
+    aem_map: AemMap [clap::value_parser!(AemMap)] => algo.aem_map;
+    /// Train only on responses with A·(α−1) > 0 (pos) or < 0 (neg); all (default).
+    aem_only: AemOnly [clap::value_parser!(AemOnly)] => algo.aem_only;
+    /// Every this many iterations, write each response's H̄, S, A and α to responses.tsv (0 = off).
+    responses_every: u64 [count64] => run.responses_every;
     /// RL iterations.
     steps: u64 [count64] => run.steps;
     /// Tasks per iteration (B).
@@ -310,24 +424,7 @@ struct EvalArgs {
 }
 
 fn eval_cmd(a: EvalArgs) -> Result<(), TrainError> {
-    let ckpt = if a.checkpoint.is_dir() {
-        a.checkpoint.join(aem::train::run::CHECKPOINT)
-    } else {
-        a.checkpoint.clone()
-    };
-    if !ckpt.is_file() {
-        return Err(TrainError::RunDir {
-            path: ckpt,
-            why: "no such checkpoint file".into(),
-        });
-    }
-    let cpath = match &a.config {
-        Some(p) => p.clone(),
-        None => ckpt
-            .parent()
-            .unwrap_or(std::path::Path::new("."))
-            .join(aem::train::run::CONFIG),
-    };
+    let (ckpt, cpath) = checkpoint_paths(&a.checkpoint, a.config.as_ref())?;
     if let Some(p) = &a.json {
         aem::io::check_output(p, &[&ckpt, &cpath])?;
     }
@@ -341,17 +438,7 @@ fn eval_cmd(a: EvalArgs) -> Result<(), TrainError> {
     if a.tasks == 0 {
         return Err(TrainError::Config("--tasks = 0: must be >= 1".into()));
     }
-    let show = !a.quiet && std::io::stderr().is_terminal();
-    let pb = if show {
-        indicatif::ProgressBar::new(a.tasks as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{spinner} {wide_bar} {pos}/{len} {msg}")
-    {
-        pb.set_style(style);
-    }
+    let pb = progress(!a.quiet && std::io::stderr().is_terminal(), a.tasks as u64);
     let backend = a.backend;
     let opened = open_backend(backend)?;
     let rows = aem::train::eval::eval_checkpoint(
@@ -617,6 +704,7 @@ fn main() -> ExitCode {
         Cmd::Model(c) => model(c).map_err(|e| e.to_string()),
         Cmd::Train(a) => train_cmd(*a).map_err(|e| e.to_string()),
         Cmd::Eval(a) => eval_cmd(a).map_err(|e| e.to_string()),
+        Cmd::Probe(a) => probe_cmd(a).map_err(|e| e.to_string()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -106,6 +106,14 @@ pub struct AlgoConfig {
     pub lambda: f32,
     /// AEM range guard δ.
     pub delta: f32,
+    /// The response statistic AEM ranks (experiment variants; `mean` is the paper's).
+    pub aem_proxy: AemProxy,
+    /// The group within which responses are ranked (`task` is the paper's).
+    pub aem_scope: AemScope,
+    /// The map from the ranked statistic to α (`paper`, or a control).
+    pub aem_map: AemMap,
+    /// Which responses are trained (the mechanism check; `all` is the paper's).
+    pub aem_only: AemOnly,
     pub clip_low: f32,
     pub clip_high: f32,
     /// Dual-clip constant c > 1 (absent = off).
@@ -133,6 +141,10 @@ impl Default for AlgoConfig {
             aem: true,
             lambda: 1.0,
             delta: 0.1,
+            aem_proxy: AemProxy::Mean,
+            aem_scope: AemScope::Task,
+            aem_map: AemMap::Paper,
+            aem_only: AemOnly::All,
             clip_low: 0.2,
             clip_high: 0.2,
             dual_clip: None,
@@ -145,6 +157,60 @@ impl Default for AlgoConfig {
             gigpo_episode: "dr-grpo".into(),
         }
     }
+}
+
+/// The response statistic AEM's min–max rank is taken of (`algo.aem_proxy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum AemProxy {
+    /// Mean token entropy over all response tokens (the paper's; forced tokens count as 0).
+    #[default]
+    Mean,
+    /// Mean token entropy over free tokens (≥ 2 valid choices); 0 for a response without one.
+    FreeMean,
+    /// Sum of token entropies (forced tokens add 0, so it is also the free-token sum).
+    Sum,
+    /// Structural control: the response's fraction of free tokens, no entropy at all.
+    FreeFraction,
+}
+
+/// The group within which responses are ranked (`algo.aem_scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum AemScope {
+    /// All turns of all rollouts of one task (the paper's group).
+    #[default]
+    Task,
+    /// The responses of one task at the same turn index.
+    Turn,
+    /// The responses of one task taken from the same observation (GiGPO's anchor state).
+    Anchor,
+}
+
+/// The map from the ranked statistic to α (`algo.aem_map`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum AemMap {
+    /// α = exp(−λH̃)/mean(exp(−λH̃)): confident responses weigh more.
+    #[default]
+    Paper,
+    /// Control: the statistic negated, so α = exp(+λH̃)/mean (uncertain responses weigh more).
+    Reversed,
+    /// Control: the paper's α, permuted at random within each group (same spread, no link).
+    Shuffled,
+}
+
+/// Which responses the PPO step trains on (`algo.aem_only`, the mechanism check).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum AemOnly {
+    /// Every response.
+    #[default]
+    All,
+    /// Only responses with A_base·(α − 1) > 0 (AEM's sharpening direction).
+    Pos,
+    /// Only responses with A_base·(α − 1) < 0 (AEM's exploring direction).
+    Neg,
 }
 
 /// AdamW, the learning-rate schedule, epochs and minibatches.
@@ -223,6 +289,9 @@ pub struct RunConfig {
     pub eval_tasks: usize,
     /// Write the checkpoint every this many iterations (and always at the end).
     pub checkpoint_every: u64,
+    /// Every this many RL iterations, append each response's statistics (H̄, H̄_free, S,
+    /// A_base, α) to `responses.tsv` in the run directory (0 = off, the default).
+    pub responses_every: u64,
     /// `auto` (GPU 0 when one is found, else `cpu`), `cpu`, `emu` (the device path on the CPU
     /// emulator: checks the launch code; slower than `cpu`) or `cuda`. A run's `config.toml`
     /// records the backend `auto` resolved to.
@@ -237,6 +306,7 @@ impl Default for RunConfig {
             eval_every: 25,
             eval_tasks: 256,
             checkpoint_every: 25,
+            responses_every: 0,
             backend: "auto".into(),
         }
     }
@@ -451,6 +521,19 @@ impl TrainConfig {
         finite_pos("rollout.temperature", self.rollout.temperature)?;
         finite_nonneg("algo.lambda", self.algo.lambda)?;
         finite_nonneg("algo.delta", self.algo.delta)?;
+        if !self.algo.aem {
+            let non_default = [
+                ("algo.aem_proxy", self.algo.aem_proxy != AemProxy::Mean),
+                ("algo.aem_scope", self.algo.aem_scope != AemScope::Task),
+                ("algo.aem_map", self.algo.aem_map != AemMap::Paper),
+                ("algo.aem_only", self.algo.aem_only != AemOnly::All),
+            ];
+            if let Some((key, _)) = non_default.iter().find(|(_, set)| *set) {
+                return Err(TrainError::Config(format!(
+                    "{key} is an AEM variant and needs algo.aem = true"
+                )));
+            }
+        }
         finite_nonneg("algo.clip_low", self.algo.clip_low)?;
         finite_nonneg("algo.clip_high", self.algo.clip_high)?;
         if !self.algo.entropy_coef.is_finite() {

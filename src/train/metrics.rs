@@ -55,6 +55,9 @@ pub struct StepRecord {
     pub frac_pos: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub frac_neg: Option<f64>,
+    /// Fraction of responses the PPO step trained on (only under `algo.aem_only`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trained_frac: Option<f64>,
     /// Fraction of responses with a non-zero base advantage.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adv_nonzero: Option<f64>,
@@ -181,6 +184,103 @@ pub fn resume_records(path: &Path, step: Option<u64>) -> Result<Vec<StepRecord>,
         write_atomic(path, &bytes[..keep])?;
     }
     Ok(out)
+}
+
+/// One response of an iteration, as a line of `responses.tsv` (`run.responses_every`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ResponseRow {
+    /// The RL iteration.
+    pub step: u64,
+    /// Task (group) index within the iteration, episode index, turn index within the episode.
+    pub task: usize,
+    pub episode: usize,
+    pub turn: usize,
+    /// Tokens, and tokens with ≥ 2 valid choices.
+    pub len: usize,
+    pub free: usize,
+    /// Mean token entropy (all tokens), mean over free tokens (0 without one), surprisal Σ −logp.
+    pub entropy: f64,
+    pub entropy_free: f64,
+    pub surprisal: f64,
+    /// Base advantage and AEM's α (1 when AEM is off).
+    pub adv_base: f64,
+    pub alpha: f64,
+}
+
+/// The header line of `responses.tsv`.
+pub const RESPONSES_HEADER: &str =
+    "step\ttask\tepisode\tturn\tlen\tfree\tentropy\tentropy_free\tsurprisal\tadv_base\talpha";
+
+impl ResponseRow {
+    fn tsv(&self) -> String {
+        format!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{:.6}\t{:.6}\t{:.6}\t{:.6}\t{:.6}",
+            self.step,
+            self.task,
+            self.episode,
+            self.turn,
+            self.len,
+            self.free,
+            self.entropy,
+            self.entropy_free,
+            self.surprisal,
+            self.adv_base,
+            self.alpha
+        )
+    }
+}
+
+/// Appends one iteration's rows to `responses.tsv` (the header first if the file is new) and
+/// syncs them, before the iteration's metrics record.
+pub fn append_responses(path: &Path, rows: &[ResponseRow]) -> Result<(), TrainError> {
+    let mut text = String::new();
+    if !path.exists() {
+        text.push_str(RESPONSES_HEADER);
+        text.push('\n');
+    }
+    for r in rows {
+        text.push_str(&r.tsv());
+        text.push('\n');
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io(path, "open responses"))?;
+    f.write_all(text.as_bytes())
+        .map_err(io(path, "write responses"))?;
+    f.sync_data().map_err(io(path, "write responses"))
+}
+
+/// Cuts `responses.tsv` of a run resumed at checkpoint `step` (`None`: started again) to the
+/// rows of iterations `..=step`, as [`resume_records`] does for the metrics (a torn last line
+/// goes too); an absent file stays absent.
+pub fn resume_responses(path: &Path, step: Option<u64>) -> Result<(), TrainError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(path, "read responses")(e)),
+    };
+    let mut keep = 0usize;
+    let mut pos = 0usize;
+    while let Some(i) = bytes[pos..].iter().position(|&b| b == b'\n') {
+        let line = &bytes[pos..pos + i];
+        let first = line.split(|&b| b == b'\t').next().unwrap_or(&[]);
+        let row_step = std::str::from_utf8(first)
+            .ok()
+            .and_then(|f| f.parse::<u64>().ok());
+        let is_header = pos == 0 && line == RESPONSES_HEADER.as_bytes();
+        let keep_line = is_header || matches!((row_step, step), (Some(r), Some(s)) if r <= s);
+        if !keep_line {
+            break;
+        }
+        pos += i + 1;
+        keep = pos;
+    }
+    if keep != bytes.len() {
+        write_atomic(path, &bytes[..keep])?;
+    }
+    Ok(())
 }
 
 /// Appends one record as a line and syncs it to disk (the record is durable before the

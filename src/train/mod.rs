@@ -8,7 +8,7 @@
 //! Read in this order: [`config`] (every knob, TOML, validation), [`policy`] (the two model
 //! paths behind one interface, backends), [`rollout`] (lockstep episodes, KV-cache sampling,
 //! recorded masks), [`update`] (advantages, α, masked logits, PPO steps), [`warmup`] (imitation
-//! of the uniformly random valid policy), [`eval`] (held-out and OOD success), [`metrics`]
+//! of the uniformly random valid policy), [`eval`] (held-out and OOD success), [`probe`] (does α track the relative surprisal?), [`metrics`]
 //! (`metrics.jsonl`, plots), [`run`] (the loop, run directory, checkpoints, resume).
 
 pub mod batch;
@@ -16,6 +16,7 @@ pub mod config;
 pub mod eval;
 pub mod metrics;
 pub mod policy;
+pub mod probe;
 pub mod rollout;
 pub mod run;
 pub mod sampler;

@@ -92,8 +92,28 @@ pub fn collect(
     prompt_cfg: PromptConfig,
     temperature: f32,
     rng: &mut ChaCha8Rng,
-    mut on_turn: impl FnMut(usize, usize),
+    on_turn: impl FnMut(usize, usize),
 ) -> Result<Rollouts, TrainError> {
+    collect_with_alternatives(model, tasks, n, prompt_cfg, temperature, 0, rng, on_turn)
+        .map(|(ro, _)| ro)
+}
+
+/// [`collect`], and at every turn `alts` further responses sampled from the same state (same
+/// prompt, same mask; they are not acted on): returns the rollouts and, per turn, the
+/// surprisals `Σ −logp` of its alternatives, ((R) × alts) f64. `alts = 0` is [`collect`],
+/// draw for draw.
+#[allow(clippy::too_many_arguments)]
+pub fn collect_with_alternatives(
+    model: &dyn Sampler,
+    tasks: &[Task],
+    n: usize,
+    prompt_cfg: PromptConfig,
+    temperature: f32,
+    alts: usize,
+    rng: &mut ChaCha8Rng,
+    mut on_turn: impl FnMut(usize, usize),
+) -> Result<(Rollouts, Vec<Vec<f64>>), TrainError> {
+    let mut alt_surprisal: Vec<Vec<f64>> = Vec::new();
     let mut episodes: Vec<Episode> = Vec::with_capacity(tasks.len() * n);
     let mut out = Rollouts {
         n_groups: tasks.len(),
@@ -110,7 +130,7 @@ pub fn collect(
         }
     }
     let Some(first) = episodes.first() else {
-        return Ok(out);
+        return Ok((out, alt_surprisal));
     };
     let max_new = first.grammar().max_response_len();
     let context = model.gpt_config().context;
@@ -127,10 +147,15 @@ pub fn collect(
         }
         on_turn(live.len(), episodes.len());
         // Bucket by prompt length; BTreeMap keeps a fixed order (determinism).
+        // Each live episode is 1 + `alts` rows of its bucket: the alternatives, then its own.
         let mut buckets: BTreeMap<usize, Vec<(usize, Vec<u32>)>> = BTreeMap::new();
         for &i in &live {
             let p = episodes[i].prompt();
-            buckets.entry(p.len()).or_default().push((i, p));
+            let rows = buckets.entry(p.len()).or_default();
+            for _ in 0..alts {
+                rows.push((i, p.clone()));
+            }
+            rows.push((i, p));
         }
         for (p, rows) in buckets {
             if p + max_new > context {
@@ -161,12 +186,21 @@ pub fn collect(
                 };
                 let s = model.sample_masked(&prompts, b, p, &params, rng, Some(&mut mask_fn))?;
                 out.decoded_positions += b * (p + max_new - 1);
+                let mut alt = Vec::with_capacity(alts);
                 for (row, (ep_idx, prompt)) in rows.iter().enumerate() {
                     let toks = &s.tokens[row * s.len + p..(row + 1) * s.len];
                     let len = toks
                         .iter()
                         .position(|&t| t == END)
                         .map_or(toks.len(), |e| e + 1);
+                    if alt.len() < alts {
+                        let lp = &s.logprobs[row * max_new..row * max_new + len];
+                        alt.push(lp.iter().map(|&l| -f64::from(l)).sum());
+                        continue;
+                    }
+                    if alts > 0 {
+                        alt_surprisal.push(std::mem::take(&mut alt));
+                    }
                     let ep = &mut episodes[*ep_idx];
                     let obs = ep.observation_bytes();
                     let response = toks[..len].to_vec();
@@ -197,5 +231,5 @@ pub fn collect(
     for (t, ep) in out.trajs.iter_mut().zip(&episodes) {
         t.reward = ep.reward();
     }
-    Ok(out)
+    Ok((out, alt_surprisal))
 }

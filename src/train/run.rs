@@ -20,11 +20,12 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::config::{Backend, Resolved, TrainConfig};
+use super::config::{AemOnly, AemProxy, Backend, Resolved, TrainConfig};
 use super::eval::{self, Mode};
-use super::metrics::{self, StepRecord};
+use super::metrics::{self, ResponseRow, StepRecord};
 use super::policy::{open_backend, Opened, Policy};
-use super::update::{self, alpha_of, base_advantages};
+use super::rollout::Rollouts;
+use super::update::{self, alpha_of, base_advantages, AlphaStats};
 use super::{rollout, warmup, TrainError};
 use crate::env::{self, Level, PromptConfig, Task};
 use crate::model::{self, AdamWConfig, GptConfig};
@@ -35,6 +36,8 @@ pub const CHECKPOINT: &str = "checkpoint.safetensors";
 pub const CONFIG: &str = "config.toml";
 /// The metrics' file name inside a run directory.
 pub const METRICS: &str = "metrics.jsonl";
+/// Per-response rows (`run.responses_every`), appended before each iteration's metrics record.
+pub const RESPONSES: &str = "responses.tsv";
 
 pub use super::derive_seed;
 
@@ -100,6 +103,8 @@ pub struct Trainer<'d> {
     pub step: u64,
     /// The held-out tasks evaluated during training.
     pub heldout: Vec<Task>,
+    /// The last iteration's per-response rows when `run.responses_every` asked for them.
+    pub responses: Vec<ResponseRow>,
 }
 
 impl<'d> Trainer<'d> {
@@ -141,6 +146,7 @@ impl<'d> Trainer<'d> {
             rng,
             step,
             heldout,
+            responses: Vec::new(),
         })
     }
 
@@ -278,13 +284,15 @@ impl<'d> Trainer<'d> {
         let sample_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let base = base_advantages(&ro, &self.cfg, &self.res)?;
-        let al = alpha_of(&ro, &self.cfg)?;
+        let al = alpha_of(&ro, &self.cfg, k)?;
         let adv: Vec<f64> = base.iter().zip(&al.alpha).map(|(b, a)| b * a).collect();
+        let turns = update::trained_turns(self.cfg.algo.aem_only, &base, &al.alpha);
         let hcfg = update::head_config(&self.cfg, &self.res);
         let lr = self.cfg.lr_at(self.res.schedule, k - w - 1);
         let us = update::ppo_update(
             self.policy.learner(),
             &ro,
+            &turns,
             &adv,
             &hcfg,
             self.cfg.optim.epochs,
@@ -326,7 +334,15 @@ impl<'d> Trainer<'d> {
         rec.alpha_mean = Some(al.alpha.iter().sum::<f64>() / r);
         rec.alpha_min = fmin.is_finite().then_some(fmin);
         rec.alpha_max = fmax.is_finite().then_some(fmax);
-        rec.guard_frac = Some(al.guarded_groups as f64 / ro.n_groups.max(1) as f64);
+        rec.guard_frac = Some(al.guarded_groups as f64 / al.n_groups.max(1) as f64);
+        if self.cfg.algo.aem_only != AemOnly::All {
+            rec.trained_frac = Some(turns.len() as f64 / r);
+        }
+        self.responses.clear();
+        let every = self.cfg.run.responses_every;
+        if every > 0 && k % every == 0 {
+            self.responses = response_rows(k, &ro, &base, &al);
+        }
         rec.frac_pos = Some(count(&|b, a| b * (a - 1.0) > 0.0));
         rec.frac_neg = Some(count(&|b, a| b * (a - 1.0) < 0.0));
         rec.adv_nonzero = Some(count(&|b, _| b != 0.0));
@@ -341,6 +357,34 @@ impl<'d> Trainer<'d> {
         self.step = k;
         Ok(rec)
     }
+}
+
+/// The rows of `responses.tsv` for iteration `k`.
+fn response_rows(k: u64, ro: &Rollouts, base: &[f64], al: &AlphaStats) -> Vec<ResponseRow> {
+    let free_mean = update::proxy_values(ro, AemProxy::FreeMean, &al.mean_entropy);
+    let mut turn_index = vec![0usize; ro.turns.len()];
+    for tr in &ro.trajs {
+        for (n, &i) in tr.turns.iter().enumerate() {
+            turn_index[i] = n;
+        }
+    }
+    ro.turns
+        .iter()
+        .enumerate()
+        .map(|(i, t)| ResponseRow {
+            step: k,
+            task: ro.trajs[t.traj].group,
+            episode: t.traj,
+            turn: turn_index[i],
+            len: t.response.len(),
+            free: t.masks.iter().filter(|m| m.count_ones() >= 2).count(),
+            entropy: al.mean_entropy[i],
+            entropy_free: free_mean[i],
+            surprisal: al.surprisal[i],
+            adv_base: base[i],
+            alpha: al.alpha[i],
+        })
+        .collect()
 }
 
 /// A non-finite loss or gradient norm of an update, as divergence at iteration `k`.
@@ -462,6 +506,7 @@ pub fn train_with(
         }
         let kept = has_ckpt.then_some(trainer.step);
         let recs = metrics::resume_records(&dir.join(METRICS), kept)?;
+        metrics::resume_responses(&dir.join(RESPONSES), kept)?;
         (dir.clone(), trainer, recs, lock)
     } else {
         let trainer = Trainer::new(cfg, opened)?;
@@ -481,6 +526,10 @@ pub fn train_with(
         // No checkpoint: empty, or left by a start that failed before its first checkpoint
         // (its config and metrics are replaced: nothing in them was trained yet).
         metrics::write_atomic(&dir.join(METRICS), b"")?;
+        if dir.join(RESPONSES).exists() {
+            let p = dir.join(RESPONSES);
+            std::fs::remove_file(&p).map_err(io(&p, "remove responses"))?;
+        }
         metrics::write_atomic(&dir.join(CONFIG), trainer.cfg.to_toml()?.as_bytes())?;
         (dir, trainer, Vec::new(), lock)
     };
@@ -533,6 +582,9 @@ pub fn train_with(
         rec.wall_s = wall(&started);
         // The record first, then the checkpoint: a kill between the two leaves a record past the
         // checkpoint, which a resume cuts and recomputes (bit-identically), never a lost one.
+        if !trainer.responses.is_empty() {
+            metrics::append_responses(&dir.join(RESPONSES), &trainer.responses)?;
+        }
         metrics::append_jsonl(&mpath, &rec)?;
         fault_point("after-metrics", k);
         if k % trainer.cfg.run.checkpoint_every == 0 || k == stop {

@@ -10,12 +10,15 @@
 //! The device path applies the same mask to its resident f16 logits (`mask_logits_v1`).
 
 use half::f16;
+use std::collections::HashMap;
+
 use rand::seq::SliceRandom;
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::batch::too_big;
 pub use super::batch::{masked_rows, pack, Packed, MASKED_LOGIT};
-use super::config::{AdvantageKind, Resolved, TrainConfig};
+use super::config::{AdvantageKind, AemMap, AemOnly, AemProxy, AemScope, Resolved, TrainConfig};
 use super::policy::Learner;
 use super::rollout::Rollouts;
 use super::TrainError;
@@ -80,28 +83,98 @@ pub struct AlphaStats {
     pub mean_entropy: Vec<f64>,
     /// surprisal: (R) — each response's `Σ −logp` at sampling time.
     pub surprisal: Vec<f64>,
-    /// Groups that kept α = 1 (one response, or a mean-entropy range below δ).
+    /// Groups that kept α = 1 (one response, or a range of the ranked statistic below δ).
     pub guarded_groups: usize,
+    /// Groups of the ranking scope (`algo.aem_scope`; the tasks for the paper's).
+    pub n_groups: usize,
 }
 
-/// Computes α (AEM.md §3) once per iteration from the sampling-time entropies, through the
-/// reference [`cpu::aem_alpha`] (groups = tasks). With `aem = false`, α ≡ 1.
-pub fn alpha_of(ro: &Rollouts, cfg: &TrainConfig) -> Result<AlphaStats, TrainError> {
+/// Each turn's group under `scope`: (resp_group (R) u32, number of groups). Ids are given in
+/// order of first appearance, so the grouping is deterministic.
+pub fn proxy_groups(ro: &Rollouts, scope: AemScope) -> Result<(Vec<u32>, usize), TrainError> {
+    if scope == AemScope::Task {
+        let g = ro
+            .turns
+            .iter()
+            .map(|t| u32::try_from(ro.trajs[t.traj].group).map_err(|_| too_big()))
+            .collect::<Result<_, _>>()?;
+        return Ok((g, ro.n_groups));
+    }
+    let mut ids: HashMap<(usize, Vec<u8>), u32> = HashMap::new();
+    let mut out = Vec::with_capacity(ro.turns.len());
+    let mut turn_index = vec![0usize; ro.turns.len()];
+    for tr in &ro.trajs {
+        for (n, &i) in tr.turns.iter().enumerate() {
+            turn_index[i] = n;
+        }
+    }
+    for (i, t) in ro.turns.iter().enumerate() {
+        let group = ro.trajs[t.traj].group;
+        let key = match scope {
+            AemScope::Turn => (group, turn_index[i].to_le_bytes().to_vec()),
+            _ => (group, t.obs.clone()),
+        };
+        let next = u32::try_from(ids.len()).map_err(|_| too_big())?;
+        out.push(*ids.entry(key).or_insert(next));
+    }
+    Ok((out, ids.len()))
+}
+
+/// Each turn's value of the statistic `proxy` ranks: (R) f64. `mean` is [`cpu::resp_stats`]'s
+/// mean entropy (the loss head's definition); a token is free when its mask allows ≥ 2 tokens.
+pub fn proxy_values(ro: &Rollouts, proxy: AemProxy, mean_entropy: &[f64]) -> Vec<f64> {
+    ro.turns
+        .iter()
+        .zip(mean_entropy)
+        .map(|(t, &mean)| {
+            let free = || {
+                t.entropy
+                    .iter()
+                    .zip(&t.masks)
+                    .filter(|(_, m)| m.count_ones() >= 2)
+            };
+            match proxy {
+                AemProxy::Mean => mean,
+                AemProxy::Sum => t.entropy.iter().map(|&h| f64::from(h)).sum(),
+                AemProxy::FreeMean => {
+                    let n = free().count();
+                    if n == 0 {
+                        0.0
+                    } else {
+                        free().map(|(&h, _)| f64::from(h)).sum::<f64>() / n as f64
+                    }
+                }
+                AemProxy::FreeFraction => free().count() as f64 / t.entropy.len().max(1) as f64,
+            }
+        })
+        .collect()
+}
+
+/// α of every turn for one proxy variant through the reference [`cpu::aem_alpha`]: `values`
+/// (R) ranked within `groups` (R, ids < `n_groups`), the map applied (`reversed` negates the
+/// statistic; `shuffled` permutes the paper's α within each group with `shuffle_seed`).
+/// Returns (alpha (R), guarded groups).
+#[allow(clippy::too_many_arguments)]
+pub fn alpha_variant(
+    ro: &Rollouts,
+    groups: &[u32],
+    n_groups: usize,
+    values: &[f64],
+    map: AemMap,
+    lambda: f32,
+    delta: f32,
+    shuffle_seed: u64,
+) -> Result<(Vec<f64>, usize), TrainError> {
     let r = ro.turns.len();
     let mut resp_start = Vec::with_capacity(r);
     let mut resp_len = Vec::with_capacity(r);
-    let mut resp_group = Vec::with_capacity(r);
-    let mut entropy = Vec::new();
-    let mut surprisal = Vec::with_capacity(r);
+    let mut n_tok = 0usize;
     for t in &ro.turns {
-        resp_start.push(u32::try_from(entropy.len()).map_err(|_| too_big())?);
+        resp_start.push(u32::try_from(n_tok).map_err(|_| too_big())?);
         resp_len.push(u32::try_from(t.response.len()).map_err(|_| too_big())?);
-        resp_group.push(u32::try_from(ro.trajs[t.traj].group).map_err(|_| too_big())?);
-        entropy.extend(t.entropy.iter().map(|&h| f64::from(h)));
-        surprisal.push(t.logp.iter().map(|&l| -f64::from(l)).sum());
+        n_tok += t.response.len();
     }
-    let n_tok = entropy.len();
-    // Response statistics need only the layout: a V = 1 stand-in for the logits.
+    // α needs only the layout: a V = 1 stand-in for the logits.
     let logits = vec![f16::ZERO; n_tok];
     let targets = vec![0u32; n_tok];
     let adv_base = vec![0.0f32; r];
@@ -111,32 +184,121 @@ pub fn alpha_of(ro: &Rollouts, cfg: &TrainConfig) -> Result<AlphaStats, TrainErr
         targets: &targets,
         resp_start: &resp_start,
         resp_len: &resp_len,
-        resp_group: &resp_group,
-        n_groups: ro.n_groups,
+        resp_group: groups,
+        n_groups,
         adv_base: &adv_base,
         old_logp: None,
         ref_logp: None,
     };
     let hcfg = HeadConfig {
-        lambda: if cfg.algo.aem { cfg.algo.lambda } else { 0.0 },
-        delta: cfg.algo.delta,
+        lambda,
+        delta,
         ..HeadConfig::default()
     };
     let layout = head::validate_layout(&inp, &hcfg)?;
+    let ranked: Vec<f64> = match map {
+        AemMap::Reversed => values.iter().map(|v| -v).collect(),
+        _ => values.to_vec(),
+    };
+    let mut a = cpu::aem_alpha(&inp, &hcfg, &layout, &ranked);
+    if map == AemMap::Shuffled {
+        let mut rng = ChaCha8Rng::seed_from_u64(shuffle_seed);
+        for g in 0..n_groups {
+            let members = &layout.grp_members
+                [layout.grp_offsets[g] as usize..layout.grp_offsets[g + 1] as usize];
+            let mut vals: Vec<f64> = members.iter().map(|&i| a.alpha[i as usize]).collect();
+            vals.shuffle(&mut rng);
+            for (&i, v) in members.iter().zip(vals) {
+                a.alpha[i as usize] = v;
+            }
+        }
+    }
+    Ok((a.alpha, a.guarded_groups))
+}
+
+/// Each turn's mean token entropy ([`cpu::resp_stats`]) and surprisal `Σ −logp` at sampling
+/// time: ((R) f64, (R) f64).
+pub fn response_stats(ro: &Rollouts) -> Result<(Vec<f64>, Vec<f64>), TrainError> {
+    let r = ro.turns.len();
+    let mut resp_start = Vec::with_capacity(r);
+    let mut resp_len = Vec::with_capacity(r);
+    let mut entropy = Vec::new();
+    let mut surprisal = Vec::with_capacity(r);
+    for t in &ro.turns {
+        resp_start.push(u32::try_from(entropy.len()).map_err(|_| too_big())?);
+        resp_len.push(u32::try_from(t.response.len()).map_err(|_| too_big())?);
+        entropy.extend(t.entropy.iter().map(|&h| f64::from(h)));
+        surprisal.push(t.logp.iter().map(|&l| -f64::from(l)).sum());
+    }
+    let n_tok = entropy.len();
+    let logits = vec![f16::ZERO; n_tok];
+    let targets = vec![0u32; n_tok];
+    let adv_base = vec![0.0f32; r];
+    let groups = vec![0u32; r];
+    let inp = HeadInputs {
+        logits: &logits,
+        vocab: 1,
+        targets: &targets,
+        resp_start: &resp_start,
+        resp_len: &resp_len,
+        resp_group: &groups,
+        n_groups: 1,
+        adv_base: &adv_base,
+        old_logp: None,
+        ref_logp: None,
+    };
     let ts = cpu::TokenStats {
         logp: vec![0.0f64; n_tok],
         entropy,
         lse: vec![0.0f64; n_tok],
     };
-    let rs = cpu::resp_stats(&inp, &ts);
-    let a = cpu::aem_alpha(&inp, &hcfg, &layout, &rs.mean_entropy);
-    let alpha = if cfg.algo.aem { a.alpha } else { vec![1.0; r] };
+    Ok((cpu::resp_stats(&inp, &ts).mean_entropy, surprisal))
+}
+
+/// Computes α (AEM.md §3) once per iteration `k` from the sampling-time entropies, through the
+/// reference [`cpu::aem_alpha`], for the run's variant (`algo.aem_*`; the paper's: the mean
+/// entropy ranked within each task). With `aem = false`, α ≡ 1.
+pub fn alpha_of(ro: &Rollouts, cfg: &TrainConfig, k: u64) -> Result<AlphaStats, TrainError> {
+    let (mean_entropy, surprisal) = response_stats(ro)?;
+    let (groups, n_groups) = proxy_groups(ro, cfg.algo.aem_scope)?;
+    let values = proxy_values(ro, cfg.algo.aem_proxy, &mean_entropy);
+    let lambda = if cfg.algo.aem { cfg.algo.lambda } else { 0.0 };
+    let (alpha, guarded_groups) = alpha_variant(
+        ro,
+        &groups,
+        n_groups,
+        &values,
+        cfg.algo.aem_map,
+        lambda,
+        cfg.algo.delta,
+        super::derive_seed(cfg.run.seed, "aem-shuffle", k),
+    )?;
+    let alpha = if cfg.algo.aem {
+        alpha
+    } else {
+        vec![1.0; ro.turns.len()]
+    };
     Ok(AlphaStats {
         alpha,
-        mean_entropy: rs.mean_entropy,
+        mean_entropy,
         surprisal,
-        guarded_groups: a.guarded_groups,
+        guarded_groups,
+        n_groups,
     })
+}
+
+/// The turns a PPO step trains on under `only` (the mechanism check), in turn order.
+pub fn trained_turns(only: AemOnly, base: &[f64], alpha: &[f64]) -> Vec<usize> {
+    base.iter()
+        .zip(alpha)
+        .enumerate()
+        .filter(|(_, (b, a))| match only {
+            AemOnly::All => true,
+            AemOnly::Pos => *b * (*a - 1.0) > 0.0,
+            AemOnly::Neg => *b * (*a - 1.0) < 0.0,
+        })
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// What one update measured.
@@ -176,11 +338,13 @@ pub fn head_config(cfg: &TrainConfig, res: &Resolved) -> HeadConfig {
 }
 
 /// Runs `epochs × minibatches` optimizer steps of `learner` (either model path) over the
-/// rollouts with per-turn advantages `adv` (already multiplied by α) at learning rate `lr`.
+/// rollouts' turns `turns` (indices, in turn order; all of them but under `algo.aem_only`) with
+/// per-turn advantages `adv` (R, already multiplied by α) at learning rate `lr`.
 #[allow(clippy::too_many_arguments)]
 pub fn ppo_update(
     learner: &mut dyn Learner,
     ro: &Rollouts,
+    turns: &[usize],
     adv: &[f64],
     hcfg: &HeadConfig,
     epochs: usize,
@@ -190,7 +354,7 @@ pub fn ppo_update(
 ) -> Result<UpdateStats, TrainError> {
     let mut st = UpdateStats::default();
     let (mut rows_seen, mut clipped, mut kl_sum) = (0usize, 0usize, 0.0f64);
-    let mut order: Vec<usize> = (0..ro.turns.len()).collect();
+    let mut order: Vec<usize> = turns.to_vec();
     learner.set_lr(lr)?;
     for _ in 0..epochs {
         if minibatches > 1 {
