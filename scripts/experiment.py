@@ -12,7 +12,7 @@ copied to results/experiment/runs/<id>/ (metrics and per-response rows gzipped),
 summary.json last, so a run is done exactly when that file exists. A killed grid is started
 again with the same command: finished runs are skipped, an unfinished one continues from its
 last checkpoint (`aem train --resume`, bit-identical), a missing probe or evaluation is redone.
-Standard library only (the report's plots need matplotlib: see `report`).
+Standard library only; the report's plots need matplotlib in .venv-report (see `report`).
 """
 import argparse
 import gzip
@@ -115,7 +115,8 @@ def write_json(path, obj):
 
 def gzip_copy(src, dst):
     tmp = dst + ".tmp"
-    with open(src, "rb") as f, gzip.open(tmp, "wb", compresslevel=9, mtime=0) as g:
+    with open(src, "rb") as f, open(tmp, "wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", compresslevel=9, fileobj=raw, mtime=0) as g:
         shutil.copyfileobj(f, g)
     os.replace(tmp, dst)
 
@@ -199,6 +200,11 @@ def main():
     elif a.cmd == "status":
         cmd_status(a)
     else:
+        venv = os.path.join(ROOT, ".venv-report", "bin", "python")
+        if os.path.exists(venv) and os.path.realpath(sys.prefix) != os.path.realpath(os.path.dirname(os.path.dirname(venv))):
+            # The plots need matplotlib: `python3 -m venv .venv-report &&
+            # .venv-report/bin/pip install matplotlib==3.9.2` (the report is built without them otherwise).
+            os.execv(venv, [venv, os.path.abspath(__file__), "report"])
         import experiment_report  # noqa: E402  (scripts/experiment_report.py)
         experiment_report.main(ROOT, grid())
 
