@@ -5,9 +5,10 @@
   python3 scripts/experiment.py status                           what is done, what is left
   python3 scripts/experiment.py report                           REPORT.md and plots from results/
 
-`run` builds the release binary once and copies it to runs/experiment/bin/aem-<commit>, so a
-rebuild of the tree does not change a grid that is running; every run records the commit that
-trained it. Work happens in runs/experiment/<id>/ (not committed); a finished run's files are
+`run` pins the grid to one commit (results/experiment/COMMIT, written by the first run) and
+builds that commit's release binary once (runs/experiment/bin/aem-<commit>; from a worktree when
+HEAD has moved on), so every run of the grid, across sittings, comes from one build; every run
+records the commit that trained it. Work happens in runs/experiment/<id>/ (not committed); a finished run's files are
 copied to results/experiment/runs/<id>/ (metrics and per-response rows gzipped), its
 summary.json last, so a run is done exactly when that file exists. A killed grid is started
 again with the same command: finished runs are skipped, an unfinished one continues from its
@@ -77,19 +78,31 @@ def commit():
 
 
 def binary():
-    """The release binary of HEAD, copied once per commit."""
-    c = commit()
-    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "src", "build.rs",
-                            "kernels", "Cargo.toml", "Cargo.lock"],
-                           capture_output=True, text=True, check=True).stdout.strip()
-    if dirty:
-        sys.exit("experiment: the source tree has uncommitted changes; commit them first "
-                 "(every run records the commit that trained it)")
+    """The release binary of the grid's pinned commit (results/experiment/COMMIT, written by the
+    first `run`), built once into runs/experiment/bin/aem-<commit>; a later HEAD builds the pinned
+    commit in a worktree, so every run of the grid comes from one build."""
+    pin = os.path.join(RESULTS, "COMMIT")
+    if not os.path.exists(pin):
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "src", "build.rs",
+                                "kernels", "Cargo.toml", "Cargo.lock"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        if dirty:
+            sys.exit("experiment: the source tree has uncommitted changes; commit them first "
+                     "(the grid is pinned to one commit)")
+        with open(pin, "w") as f:
+            f.write(commit() + "\n")
+    c = open(pin).read().strip()
     path = os.path.join(WORK, "bin", f"aem-{c}")
     if not os.path.exists(path):
-        subprocess.run(["cargo", "build", "--release", "-q", "--bin", "aem"], cwd=ROOT, check=True)
+        src = ROOT
+        if not commit().startswith(c):
+            src = os.path.join(WORK, f"src-{c}")
+            if not os.path.exists(src):
+                subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", src, c], check=True)
+        subprocess.run(["cargo", "build", "--release", "-q", "--bin", "aem"], cwd=src, check=True,
+                       env={**os.environ, "CARGO_TARGET_DIR": os.path.join(ROOT, "target", "experiment")})
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        shutil.copy2(os.path.join(ROOT, "target", "release", "aem"), path + ".tmp")
+        shutil.copy2(os.path.join(ROOT, "target", "experiment", "release", "aem"), path + ".tmp")
         os.replace(path + ".tmp", path)
     return path, c
 
