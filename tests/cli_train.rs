@@ -1,4 +1,4 @@
-//! `aem train` and `aem eval` from the command line: a tiny run, eval's table, and one-line
+//! `aem train`, `aem eval` and `aem probe` from the command line: a tiny run, eval's table, and one-line
 //! errors for bad flags, bad values and bad config files.
 
 use std::path::Path;
@@ -105,6 +105,38 @@ fn train_then_eval_then_resume() {
         serde_json::from_str(&std::fs::read_to_string(d.join("e.json")).unwrap()).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 6);
     assert_eq!(rows[0]["tasks"], 5);
+
+    // Probe: the variant table and its JSON; bad sizes and a missing checkpoint are one line.
+    let o = aem(
+        &[
+            "probe",
+            "--checkpoint",
+            "run",
+            "--tasks",
+            "3",
+            "--rollouts",
+            "3",
+            "--alts",
+            "4",
+            "--quiet",
+            "--json",
+            "p.json",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(table.lines().count(), 2 + 12, "{table}");
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("p.json")).unwrap()).unwrap();
+    assert_eq!(rep["rows"].as_array().unwrap().len(), 12);
+    assert_eq!(rep["rows"][0]["proxy"], "mean");
+    let e = fails(&["probe", "--checkpoint", "run", "--alts", "0"], d);
+    assert!(e.contains("--alts 0"), "{e}");
+    let e = fails(&["probe", "--checkpoint", "nowhere"], d);
+    assert!(e.contains("no such checkpoint"), "{e}");
+    let e = fails(&["probe", "--checkpoint", "run", "--tasks", "1e9"], d);
+    assert!(e.contains("--tasks"), "{e}");
 
     // A second run into the same --out is refused.
     let mut again = vec!["train"];
