@@ -228,7 +228,13 @@ def main(root, grid):
         for k, name in keys:
             _, ma, mb, d = compare(runs, env, a, b, k)
             s = paired(d)
-            verdict = decide(s) if k == "primary" else ""
+            if (env, a, b) == MECHANISM:
+                # The mechanism's pre-registered prediction is about entropy, not success: the
+                # decision rule (helps / hurts) does not apply to this pair of arms.
+                verdict = ("" if k != "entropy_free_mean" else
+                           "predicted d > 0 on every seed: " + ("holds" if s["pos"] == s["n"] else "fails"))
+            else:
+                verdict = decide(s) if k == "primary" else ""
             lines.append(f"| {name} | {mean_or_nan(ma):.3f} | {mean_or_nan(mb):.3f} | {fmt_ci(s)} | {s['pos']}/{s['n']} | "
                          f"{s['p_sign']:.3f} | {verdict} |")
             summary["comparisons"].append({"env": env, "a": a, "b": b, "metric": k, "seeds": seeds, "a_vals": ma,
@@ -249,10 +255,10 @@ def main(root, grid):
         its = sorted({i for v in probed.values() for i in v["probes"]})
         variants = [(r["proxy"], r["scope"]) for r in next(iter(probed.values()))["probes"][its[0]]["rows"]]
         lines += [f"### {env} ({len(probed)} runs)", "",
-                  "| proxy | group | " + " | ".join(f"iter {i}" for i in its) + " | sign agree (mean) |",
-                  "|---|---|" + "---|" * len(its) + "---|"]
+                  "| proxy | group | " + " | ".join(f"iter {i}" for i in its) + " | sign agree (mean) | in guarded groups (mean) |",
+                  "|---|---|" + "---|" * len(its) + "---|---|"]
         for proxy, scope in variants:
-            cells, signs = [], []
+            cells, signs, guards = [], [], []
             for i in its:
                 cs = []
                 for v in probed.values():
@@ -261,11 +267,12 @@ def main(root, grid):
                         row = next(r for r in p["rows"] if r["proxy"] == proxy and r["scope"] == scope)
                         cs.append(row["corr"])
                         signs.append(row["sign_agree"])
+                        guards.append(row["guarded"])
                         summary["probe"].append({"env": env, "iter": i, "proxy": proxy, "scope": scope,
                                                  "corr": row["corr"], "sign_agree": row["sign_agree"],
                                                  "guarded": row["guarded"]})
                 cells.append(f"{mean_or_nan(cs):+.2f} [{min(cs):+.2f}, {max(cs):+.2f}]" if cs else "—")
-            lines.append(f"| {proxy} | {scope} | " + " | ".join(cells) + f" | {mean_or_nan(signs):.2f} |")
+            lines.append(f"| {proxy} | {scope} | " + " | ".join(cells) + f" | {mean_or_nan(signs):.2f} | {mean_or_nan(guards):.2f} |")
         ff = [p["free_token_frac"] for v in probed.values() for p in v["probes"].values()]
         lines += ["", f"Free tokens (≥ 2 valid choices): {100 * mean_or_nan(ff):.0f}% of response tokens (mean over probes).", ""]
 

@@ -340,7 +340,7 @@ impl<'d> Trainer<'d> {
         }
         self.responses.clear();
         let every = self.cfg.run.responses_every;
-        if every > 0 && k % every == 0 {
+        if every > 0 && k.is_multiple_of(every) {
             self.responses = response_rows(k, &ro, &base, &al);
         }
         rec.frac_pos = Some(count(&|b, a| b * (a - 1.0) > 0.0));
