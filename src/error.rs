@@ -83,6 +83,16 @@ pub enum Error {
         count: u64,
         cause: String,
     },
+    /// A launch configuration exceeds a limit of the device (checked on the host before the
+    /// launch, by `device::limits::Limits::check`).
+    #[error("{kernel}: {limit} {requested} exceeds the limit {max} of {arch}")]
+    LaunchLimit {
+        kernel: String,
+        limit: &'static str,
+        requested: u64,
+        max: u64,
+        arch: String,
+    },
     /// A device (CUDA or emulator) reported a failure.
     #[error("{backend}: {message}")]
     Device {

@@ -128,6 +128,15 @@ fn kernels_compile_clean_for_sm80_and_sm90() {
                     info["stack_frame_bytes"], 0,
                     "{k} on {arch} uses a stack frame"
                 );
+                // The emulator takes its launch decisions from this table (device::limits).
+                let smem = info["smem_bytes"].as_u64().unwrap();
+                let table = aem::device::limits::static_smem(k).unwrap();
+                assert_eq!(
+                    smem,
+                    u64::from(table),
+                    "{k} on {arch}: ptxas reports {smem} B of static shared memory, \
+                     device::limits::STATIC_SMEM says {table}"
+                );
                 seen += 1;
             }
         }

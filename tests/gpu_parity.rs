@@ -111,3 +111,42 @@ fn gpu_matches_emulator_bitwise_where_arithmetic_is_exact() {
     assert_eq!(a.alpha, b.alpha);
     assert!(a.alpha.iter().all(|&x| x == 1.0));
 }
+
+/// The driver's static shared memory for every kernel of the loaded images equals the table the
+/// emulator decides with, and the row-cache edge (the row fits the opt-in maximum only without
+/// the static part) launches on this GPU's own limits.
+#[test]
+fn gpu_static_smem_matches_the_table_and_the_row_cache_edge_launches() {
+    let Some(dev) = gpu("gpu_static_smem_matches_the_table_and_the_row_cache_edge_launches") else {
+        return;
+    };
+    for m in aem::device::modules::MODULES {
+        for k in m.kernels {
+            assert_eq!(
+                dev.static_smem(k).unwrap(),
+                aem::device::limits::static_smem(k).unwrap(),
+                "{k}: driver vs device::limits::STATIC_SMEM"
+            );
+        }
+    }
+    let optin = u64::from(dev.limits().smem_optin);
+    // The largest V whose row cache fits the opt-in maximum alone.
+    let v = (optin / 16 * 16 / 2 - 8) as usize;
+    let d = problem(
+        5,
+        Spec {
+            vocab: v,
+            responses: 2,
+            groups: 1,
+            max_len: 1,
+            ..Spec::default()
+        },
+    );
+    let plan = Plan {
+        forward: ForwardPlan::Unfused(TokenStatsKernel::V2),
+        backward: BackwardPlan::Fused { row_cache: true },
+        block: 256,
+        in_place: false,
+    };
+    check_parity(&dev, &d, &HeadConfig::default(), GradDtype::F16, &plan);
+}

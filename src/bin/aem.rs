@@ -61,6 +61,32 @@ enum Cmd {
     /// Does AEM's α track the relative surprisal S − H_resp(s) for this policy? (README "Is AEM
     /// worth turning on?").
     Probe(ProbeArgs),
+    /// What this machine offers the kernels: driver, GPU and its limits, embedded module images
+    /// and which one loads, NVRTC (README "Running on a GPU").
+    Doctor(DoctorArgs),
+}
+
+#[derive(Args)]
+struct DoctorArgs {
+    /// Skip compiling the kernel sources with NVRTC (it takes a few seconds).
+    #[arg(long)]
+    no_compile: bool,
+    /// Also write the report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn doctor_cmd(a: DoctorArgs) -> Result<(), aem::Error> {
+    let rep = aem::device::doctor::report(!a.no_compile);
+    print!("{rep}");
+    if let Some(p) = &a.json {
+        let text = serde_json::to_string_pretty(&rep).map_err(|e| aem::Error::Device {
+            backend: "doctor",
+            message: format!("serialise the report: {e}"),
+        })?;
+        aem::io::write_atomic(p, text.as_bytes())?;
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -705,6 +731,7 @@ fn main() -> ExitCode {
         Cmd::Train(a) => train_cmd(*a).map_err(|e| e.to_string()),
         Cmd::Eval(a) => eval_cmd(a).map_err(|e| e.to_string()),
         Cmd::Probe(a) => probe_cmd(a).map_err(|e| e.to_string()),
+        Cmd::Doctor(a) => doctor_cmd(a).map_err(|e| e.to_string()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

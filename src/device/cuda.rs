@@ -4,7 +4,7 @@
 //! `compute_XY` not above the device → NVRTC of the embedded source. Modules are cached.
 
 use super::modules::{self, Module};
-use super::{Arg, Elem, Gemm, GemmDtype, GemmElem, LaunchCfg, RawBuf, Trans};
+use super::{Arg, Elem, Gemm, GemmDtype, GemmElem, LaunchCfg, Limits, RawBuf, Trans};
 use crate::error::{Error, Result};
 use cudarc::cublas::{self, CudaBlas};
 use cudarc::driver::{
@@ -12,6 +12,7 @@ use cudarc::driver::{
     LaunchConfig, PushKernelArg,
 };
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 // SAFETY: HeadParams is #[repr(C)], 12 four-byte fields, the layout of AemHeadParams
@@ -38,13 +39,28 @@ impl<T> AnySlice for CudaSlice<T> {
     }
 }
 
+/// A loaded kernel and what the driver says about it.
+struct Func {
+    f: CudaFunction,
+    /// Static shared memory (bytes): `CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES`.
+    static_smem: u32,
+    /// Threads per block this compiled form allows (its registers can lower it).
+    max_block: u32,
+    /// Whether the dynamic-shared-memory opt-in attribute has been set (once, when a launch
+    /// first needs more than the default 48 KiB).
+    optin: AtomicBool,
+}
+
 /// One GPU.
 pub struct CudaDevice {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     sm: (i32, i32),
+    limits: Limits,
+    /// Which image each module was loaded from ("cubin sm_90", "ptx compute_90", "nvrtc", …).
+    loaded_from: Mutex<HashMap<&'static str, String>>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
-    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    functions: Mutex<HashMap<&'static str, Arc<Func>>>,
     /// cuBLAS on `stream`, created at the first GEMM.
     blas: Mutex<Option<Arc<CudaBlas>>>,
 }
@@ -61,11 +77,28 @@ impl CudaDevice {
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| Error::NoDevice(e.to_string()))?;
         let sm = ctx.compute_capability().map_err(drv)?;
+        let attr = |a: sys::CUdevice_attribute| -> Result<u32> {
+            let v = ctx.attribute(a).map_err(drv)?;
+            u32::try_from(v).map_err(|_| drv(format!("device attribute {a:?} = {v}")))
+        };
+        use sys::CUdevice_attribute as A;
+        let limits = Limits {
+            sm: (
+                u32::try_from(sm.0).map_err(drv)?,
+                u32::try_from(sm.1).map_err(drv)?,
+            ),
+            max_block: attr(A::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?,
+            max_grid_x: attr(A::CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_X)?,
+            smem_default: attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK)?,
+            smem_optin: attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?,
+        };
         let stream = ctx.default_stream();
         Ok(CudaDevice {
             ctx,
             stream,
             sm,
+            limits,
+            loaded_from: Mutex::new(HashMap::new()),
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
             blas: Mutex::new(None),
@@ -77,14 +110,31 @@ impl CudaDevice {
         format!("cuda: {n} (sm_{}{})", self.sm.0, self.sm.1)
     }
 
-    pub fn max_dyn_smem(&self) -> u32 {
-        self.ctx
-            .attribute(
-                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
-            )
-            .ok()
-            .and_then(|v| u32::try_from(v).ok())
-            .unwrap_or(48 * 1024)
+    /// The device's launch limits, from its attributes.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// `kernel`'s static shared memory, as the driver reports it for the loaded image.
+    pub fn static_smem(&self, kernel: &'static str) -> Result<u32> {
+        Ok(self.function(kernel)?.static_smem)
+    }
+
+    /// Which image `kernel`'s module was loaded from (loading it if needed): what `aem doctor`
+    /// reports.
+    pub fn loaded_from(&self, kernel: &'static str) -> Result<String> {
+        self.function(kernel)?;
+        let m = modules::find(kernel).ok_or_else(|| Error::KernelMissing {
+            module: "(none)".into(),
+            name: kernel.into(),
+        })?;
+        Ok(self
+            .loaded_from
+            .lock()
+            .map_err(|_| drv("module cache poisoned"))?
+            .get(m.name)
+            .cloned()
+            .unwrap_or_default())
     }
 
     pub(super) fn htod<T: Elem>(&self, data: &[T]) -> Result<CudaSlice<T>> {
@@ -227,30 +277,29 @@ impl CudaDevice {
         }
         for (what, image) in images {
             match self.ctx.load_module(image) {
-                Ok(module) => {
-                    cache.insert(m.name, module.clone());
-                    return Ok(module);
-                }
+                Ok(module) => return self.cache_module(&mut cache, m, module, what),
                 Err(e) => tried.push(format!("{what}: {e}")),
             }
         }
-        // Last resort: compile the embedded source for this device.
-        let opts = cudarc::nvrtc::CompileOptions {
-            options: vec![
-                format!("--gpu-architecture=compute_{cap}"),
-                "-std=c++17".into(),
-            ],
-            include_paths: std::env::var("AEM_CUDA_INCLUDE").into_iter().collect(),
-            ..Default::default()
-        };
-        match cudarc::nvrtc::compile_ptx_with_opts(m.source, opts) {
-            Ok(p) => {
-                let module = self.ctx.load_module(p).map_err(drv)?;
-                cache.insert(m.name, module.clone());
-                Ok(module)
-            }
+        // Last resort: compile the embedded source for this device (a typed error, not a panic,
+        // when NVRTC or its headers are missing).
+        let cap = u32::try_from(cap).map_err(drv)?;
+        match super::nvrtc::compile(m, cap) {
+            Ok(p) => match self.ctx.load_module(p) {
+                Ok(module) => {
+                    self.cache_module(&mut cache, m, module, format!("nvrtc compute_{cap}"))
+                }
+                Err(e) => {
+                    tried.push(format!("nvrtc: {e}"));
+                    Err(drv(format!(
+                        "cannot load module {}: {}",
+                        m.name,
+                        tried.join("; ")
+                    )))
+                }
+            },
             Err(e) => {
-                tried.push(format!("nvrtc: {e:?}"));
+                tried.push(e.to_string());
                 Err(drv(format!(
                     "cannot load module {}: {}",
                     m.name,
@@ -260,7 +309,22 @@ impl CudaDevice {
         }
     }
 
-    fn function(&self, kernel: &'static str) -> Result<CudaFunction> {
+    fn cache_module(
+        &self,
+        cache: &mut HashMap<&'static str, Arc<CudaModule>>,
+        m: &'static Module,
+        module: Arc<CudaModule>,
+        from: String,
+    ) -> Result<Arc<CudaModule>> {
+        cache.insert(m.name, module.clone());
+        self.loaded_from
+            .lock()
+            .map_err(|_| drv("module cache poisoned"))?
+            .insert(m.name, from);
+        Ok(module)
+    }
+
+    fn function(&self, kernel: &'static str) -> Result<Arc<Func>> {
         if let Some(f) = self
             .functions
             .lock()
@@ -280,22 +344,43 @@ impl CudaDevice {
                 module: m.name.into(),
                 name: kernel.into(),
             })?;
-        // Allow the device's full dynamic shared memory (the row cache of the fused kernel).
-        let max = i32::try_from(self.max_dyn_smem()).unwrap_or(48 * 1024);
-        f.set_attribute(
-            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            max,
-        )
-        .map_err(drv)?;
+        let attr = |v: std::result::Result<i32, _>, what: &str| -> Result<u32> {
+            let v = v.map_err(drv)?;
+            u32::try_from(v).map_err(|_| drv(format!("{kernel}: {what} = {v}")))
+        };
+        let func = Arc::new(Func {
+            static_smem: attr(f.shared_size_bytes(), "static shared memory")?,
+            max_block: attr(f.max_threads_per_block(), "max threads per block")?,
+            optin: AtomicBool::new(false),
+            f,
+        });
         self.functions
             .lock()
             .map_err(|_| drv("function cache poisoned"))?
-            .insert(kernel, f.clone());
-        Ok(f)
+            .insert(kernel, func.clone());
+        Ok(func)
     }
 
     pub(super) fn launch(&self, kernel: &'static str, cfg: LaunchCfg, args: &[Arg]) -> Result<()> {
-        let f = self.function(kernel)?;
+        let func = self.function(kernel)?;
+        let needs_optin = self
+            .limits
+            .check(kernel, cfg, func.static_smem, Some(func.max_block))?;
+        if needs_optin && !func.optin.load(Ordering::Acquire) {
+            // Above 48 KiB a block must opt in, and the attribute may be at most the opt-in
+            // maximum less the static part (else CUDA_ERROR_INVALID_VALUE); `check` has
+            // verified this launch fits under it.
+            let max = self.limits.max_dyn_smem(func.static_smem);
+            let max = i32::try_from(max).map_err(drv)?;
+            func.f
+                .set_attribute(
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    max,
+                )
+                .map_err(drv)?;
+            func.optin.store(true, Ordering::Release);
+        }
+        let f = &func.f;
         // Argument values, then references to them in the builder (kernelParams semantics).
         let vals: Vec<Val> = args
             .iter()
@@ -311,7 +396,7 @@ impl CudaDevice {
                 Arg::Params(p) => Ok(Val::Params(p)),
             })
             .collect::<Result<_>>()?;
-        let mut b = self.stream.launch_builder(&f);
+        let mut b = self.stream.launch_builder(f);
         for v in &vals {
             match v {
                 Val::Ptr(p) => b.arg(p),

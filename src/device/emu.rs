@@ -2,15 +2,12 @@
 //! `kernels/emu/` (every CUDA thread a fiber), called through FFI. Device memory is host memory
 //! owned by [`EmuBuf`].
 
-use super::{Arg, Elem, Gemm, GemmElem, LaunchCfg, RawBuf, Trans};
+use super::{Arg, Elem, Gemm, GemmElem, LaunchCfg, Limits, RawBuf, Trans};
 use crate::error::{Error, Result};
 use std::ffi::{c_char, c_int, c_uint, c_ulonglong, c_void, CStr, CString};
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::Mutex;
-
-/// Largest dynamic shared memory per block the emulator accepts (as an H100: 227 KiB).
-pub const MAX_DYN_SMEM: u32 = 227 * 1024;
 
 extern "C" {
     fn aem_emu_launch(
@@ -54,6 +51,7 @@ static EMU_LOCK: Mutex<()> = Mutex::new(());
 pub struct EmuDevice {
     order: FiberOrder,
     workers: u32,
+    limits: Limits,
 }
 
 impl EmuDevice {
@@ -70,6 +68,7 @@ impl EmuDevice {
         Ok(EmuDevice {
             order: FiberOrder::Default,
             workers: 0,
+            limits: Limits::SM90,
         })
     }
 
@@ -79,6 +78,18 @@ impl EmuDevice {
         self
     }
 
+    /// Impersonates a device's launch limits (default [`Limits::SM90`]): every launch is
+    /// checked against them as a GPU would check it.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The limits this emulator impersonates.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// Sets the number of OS workers (0 = one per core).
     pub fn with_workers(mut self, workers: u32) -> Self {
         self.workers = workers;
@@ -86,7 +97,12 @@ impl EmuDevice {
     }
 
     pub fn name(&self) -> String {
-        format!("emu (order {:?}, workers {})", self.order, self.workers)
+        format!(
+            "emu (as {}, order {:?}, workers {})",
+            self.limits.arch(),
+            self.order,
+            self.workers
+        )
     }
 
     pub(super) fn launch(&self, kernel: &str, cfg: LaunchCfg, args: &[Arg]) -> Result<()> {

@@ -4,7 +4,13 @@
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod doctor;
 pub mod emu;
+pub mod limits;
+#[cfg(feature = "cuda")]
+pub mod nvrtc;
+
+pub use limits::Limits;
 
 use crate::error::{Error, Result};
 use std::ops::Range;
@@ -555,13 +561,30 @@ impl Device {
         }
     }
 
-    /// Largest dynamic shared memory per block the device allows (bytes).
-    pub fn max_dyn_smem(&self) -> u32 {
+    /// What the device allows one launch: the GPU's attributes, or the table the emulator
+    /// impersonates ([`Limits::SM90`] unless set with [`emu::EmuDevice::with_limits`]).
+    pub fn limits(&self) -> Limits {
         match self {
-            Device::Emu(_) => emu::MAX_DYN_SMEM,
+            Device::Emu(d) => d.limits(),
             #[cfg(feature = "cuda")]
-            Device::Cuda(d) => d.max_dyn_smem(),
+            Device::Cuda(d) => d.limits(),
         }
+    }
+
+    /// `kernel`'s static shared memory (bytes): the driver's figure on a GPU, the table
+    /// [`limits::STATIC_SMEM`] on the emulator.
+    pub fn static_smem(&self, kernel: &'static str) -> Result<u32> {
+        match self {
+            Device::Emu(_) => limits::static_smem(kernel),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(d) => d.static_smem(kernel),
+        }
+    }
+
+    /// The most dynamic shared memory one launch of `kernel` may use (bytes): the device's
+    /// opt-in maximum less the kernel's static shared memory.
+    pub fn max_dyn_smem(&self, kernel: &'static str) -> Result<u32> {
+        Ok(self.limits().max_dyn_smem(self.static_smem(kernel)?))
     }
 
     /// Copies host data to a new device buffer.
@@ -651,7 +674,13 @@ impl Device {
             return Ok(()); // nothing to do (e.g. R = 0); CUDA rejects empty grids
         }
         match self {
-            Device::Emu(d) => d.launch(kernel, cfg, args),
+            Device::Emu(d) => {
+                // The decision a GPU with this table takes (the CUDA executor checks the same
+                // way, with the driver's figures).
+                d.limits()
+                    .check(kernel, cfg, limits::static_smem(kernel)?, None)?;
+                d.launch(kernel, cfg, args)
+            }
             #[cfg(feature = "cuda")]
             Device::Cuda(d) => d.launch(kernel, cfg, args),
         }

@@ -554,8 +554,14 @@ impl DeviceHead {
             BackwardPlan::Fused { row_cache } => {
                 // The cache holds the row plus 8 halves of alignment slack, rounded to 16 bytes.
                 let need = (2 * (self.v as u64 + 8)).div_ceil(16) * 16;
-                let cache = if row_cache && need <= u64::from(dev.max_dyn_smem()) {
-                    need as u32 // ≤ max_dyn_smem, a u32
+                let kernel = match dst {
+                    GradPtr::F16(_) => kernels::LossHeadFusedF16V1::NAME,
+                    GradPtr::F32(_) => kernels::LossHeadFusedF32V1::NAME,
+                };
+                // The row fits when it fits beside the kernel's static shared memory.
+                let room = dev.max_dyn_smem(kernel)?;
+                let cache = if row_cache && need <= u64::from(room) {
+                    need as u32 // ≤ room, a u32
                 } else {
                     0
                 };
