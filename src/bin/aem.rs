@@ -7,7 +7,7 @@ use aem::train::config::{parse_backend, AemMap, AemOnly, AemProxy, AemScope};
 use aem::train::policy::open_backend;
 use aem::train::run::requested_backend;
 use aem::train::{train_with, RunOptions, TrainConfig, TrainError};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -566,12 +566,6 @@ fn demo_input(a: DemoArgs) -> aem::Result<()> {
     Ok(())
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum DtypeArg {
-    F16,
-    F32,
-}
-
 #[derive(Args)]
 #[command(allow_negative_numbers = true)]
 struct HeadArgs {
@@ -621,8 +615,8 @@ struct HeadArgs {
     /// Gradient scale s (a loss scale for f16 gradients).
     #[arg(long, default_value_t = 1.0)]
     grad_scale: f32,
-    #[arg(long, value_enum, default_value = "f32")]
-    grad_dtype: DtypeArg,
+    #[arg(long, value_enum, default_value_t = GradDtype::F32)]
+    grad_dtype: GradDtype,
 }
 
 fn head(a: HeadArgs) -> aem::Result<()> {
@@ -642,10 +636,7 @@ fn head(a: HeadArgs) -> aem::Result<()> {
         grad_scale: a.grad_scale,
     };
     let backend = a.backend;
-    let dtype = match a.grad_dtype {
-        DtypeArg::F16 => GradDtype::F16,
-        DtypeArg::F32 => GradDtype::F32,
-    };
+    let dtype = a.grad_dtype;
     aem::io::check_output(&a.output, &[&a.input])?;
     let data = file::read_inputs(&a.input, a.n_groups)?;
     let res = file::compute(&data, &cfg, dtype, backend)?;

@@ -441,7 +441,7 @@ pub struct LaunchCfg {
 }
 
 /// Where a computation runs: the one backend choice of `aem head`, `aem model`, `aem train`,
-/// `aem eval` and the library.
+/// `aem eval` and the library (and, as [`Device::backend`], which executor a device is).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Backend {
     /// GPU 0 when one opens, else the CPU path.
@@ -505,13 +505,6 @@ pub struct Opened {
     pub note: Option<String>,
 }
 
-/// Which executor a [`Device`] is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Emu,
-    Cuda,
-}
-
 /// An executor of the kernels.
 pub enum Device {
     Emu(emu::EmuDevice),
@@ -538,11 +531,12 @@ impl Device {
         }
     }
 
-    pub fn kind(&self) -> Kind {
+    /// Which executor this is: [`Backend::Emu`] or [`Backend::Cuda`].
+    pub fn backend(&self) -> Backend {
         match self {
-            Device::Emu(_) => Kind::Emu,
+            Device::Emu(_) => Backend::Emu,
             #[cfg(feature = "cuda")]
-            Device::Cuda(_) => Kind::Cuda,
+            Device::Cuda(_) => Backend::Cuda,
         }
     }
 
