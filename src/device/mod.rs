@@ -441,8 +441,20 @@ pub struct LaunchCfg {
 }
 
 /// Where a computation runs: the one backend choice of `aem head`, `aem model`, `aem train`,
-/// `aem eval` and the library (and, as [`Device::backend`], which executor a device is).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+/// `aem eval`, the trainer's `run.backend` and the library (and, as [`Device::backend`], which
+/// executor a device is).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum Backend {
     /// GPU 0 when one opens, else the CPU path.
     #[default]
@@ -456,7 +468,8 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The value in configs and on the command line.
+    /// The value in configs and on the command line (serde's and clap's name; a test holds
+    /// them equal), as a `&'static str` for errors and messages.
     pub fn name(self) -> &'static str {
         match self {
             Backend::Auto => "auto",
@@ -464,14 +477,6 @@ impl Backend {
             Backend::Emu => "emu",
             Backend::Cuda => "cuda",
         }
-    }
-
-    /// Parses [`Self::name`]; the error says what is allowed.
-    pub fn parse(s: &str) -> std::result::Result<Self, &'static str> {
-        [Backend::Auto, Backend::Cpu, Backend::Emu, Backend::Cuda]
-            .into_iter()
-            .find(|b| b.name() == s)
-            .ok_or("must be auto, cpu, emu or cuda")
     }
 
     /// Opens the backend: `cpu` needs nothing, `emu` starts the emulator, `cuda` GPU 0 (a
@@ -492,6 +497,12 @@ impl Backend {
             device,
             note,
         })
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
