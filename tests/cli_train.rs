@@ -155,15 +155,47 @@ fn bad_flags_are_one_line_errors() {
         (&["train", "--lr", "abc"], "abc"),
         (&["train", "--lr", "-1"], "optim.lr = -1"),
         (&["train", "--steps", "0"], "run.steps = 0"),
-        (&["train", "--advantage", "ppo"], "algo.advantage = ppo"),
-        (&["train", "--level", "mars"], "env.level"),
+        (
+            &["train", "--advantage", "ppo"],
+            "invalid value 'ppo' for '--advantage <ADVANTAGE>' [possible values: grpo, dr-grpo, rloo, gigpo]",
+        ),
+        (
+            &["train", "--level", "mars"],
+            "for '--level <LEVEL>' [possible values: foglake-proto, foglake-hard, keyrooms-train",
+        ),
         (&["train", "--level", "foglake-proto"], "env.ood_level"),
-        (&["train", "--mask", "none"], "env.mask = none"),
-        (&["train", "--agg", "sum"], "unknown aggregation"),
+        (
+            &["train", "--mask", "none"],
+            "[possible values: grammar, admissible]",
+        ),
+        (
+            &["train", "--schedule", "step"],
+            "[possible values: constant, cosine, linear]",
+        ),
+        (&["train", "--agg", "sum"], "seq-mean-token-sum-norm]"),
+        (
+            &["train", "--set", "algo.advantage=ppo"],
+            "--set algo.advantage=ppo: unknown variant `ppo`, expected one of `grpo`, `dr-grpo`, `rloo`, `gigpo`",
+        ),
+        (
+            &["train", "--set", "env.level=mars"],
+            "--set env.level=mars: unknown level \"mars\"",
+        ),
         (&["train", "--set", "optim.nope=1"], "unknown key \"nope\""),
         (&["train", "--set", "lr"], "expected section.key=value"),
         (&["train", "--set", "optim.lr=fast"], "optim.lr=fast"),
-        (&["train", "--backend", "tpu"], "run.backend = tpu"),
+        (
+            &["train", "--backend", "tpu"],
+            "[possible values: auto, cpu, emu, cuda]",
+        ),
+        (
+            &["train", "--set", "run.backend=tpu"],
+            "--set run.backend=tpu: unknown variant `tpu`",
+        ),
+        (
+            &["eval", "--checkpoint", "x", "--level", "mars"],
+            "for '--level <LEVEL>'",
+        ),
         (&["train", "--config", "missing.toml"], "missing.toml"),
         (&["train", "--resume", "nowhere"], "nothing to resume"),
         (
@@ -193,6 +225,11 @@ fn bad_config_files_are_one_line_errors() {
         ("[run]\nsteps = -3\n", "line 2"),
         ("[algo]\nclip_low = -0.1\n", "algo.clip_low = -0.1"),
         (
+            "[algo]\nadvantage = \"ppo\"\n",
+            "line 2, column 13: algo.advantage: unknown variant `ppo`, expected one of `grpo`, `dr-grpo`, `rloo`, `gigpo`",
+        ),
+        ("[env]\nlevel = \"mars\"\n", "line 2, column 9: env.level: unknown level"),
+        (
             "[model]\nd_model = 30\nheads = 4\n",
             "model.heads = 4: must divide",
         ),
@@ -212,4 +249,23 @@ fn bad_config_files_are_one_line_errors() {
     .unwrap();
     let e = fails(&["train", "--config", "ok.toml"], d);
     assert!(e.contains("backend cuda"), "{e}");
+}
+
+/// `aem train -h` lists every enum flag's values (from the same types the config uses).
+#[test]
+fn help_lists_the_accepted_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = aem(&["train", "-h"], dir.path());
+    assert!(o.status.success());
+    let help = String::from_utf8_lossy(&o.stdout);
+    for want in [
+        "[possible values: foglake-proto, foglake-hard, keyrooms-train, keyrooms-hard, tinyshop-train, tinyshop-hard]",
+        "[possible values: grpo, dr-grpo, rloo, gigpo]",
+        "[possible values: grammar, admissible]",
+        "[possible values: constant, cosine, linear]",
+        "[possible values: token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm]",
+        "[possible values: auto, cpu, emu, cuda]",
+    ] {
+        assert!(help.contains(want), "{want} not in:\n{help}");
+    }
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use aem::env::{self, PromptConfig};
 use aem::model::{Gpt, GptConfig};
-use aem::train::config::TrainConfig;
+use aem::train::config::{Advantage, TrainConfig};
 use aem::train::rollout::{self, Rollouts};
 use aem::train::update::{alpha_of, base_advantages};
 use half::f16;
@@ -40,9 +40,9 @@ fn rollouts(level_name: &str, tasks: usize, n: usize, seed: u64) -> Rollouts {
     .unwrap()
 }
 
-fn cfg_with(adv: &str) -> TrainConfig {
+fn cfg_with(adv: Advantage) -> TrainConfig {
     let mut c = TrainConfig::default();
-    c.algo.advantage = adv.into();
+    c.algo.advantage = adv;
     c
 }
 
@@ -74,10 +74,14 @@ fn outcome_estimators_on_rollout_groups() {
     for level in ["keyrooms-train", "foglake-proto"] {
         let ro = mixed(level);
         assert_eq!(ro.trajs.len(), 6 * 8);
-        for (name, f) in [("grpo", 0usize), ("dr-grpo", 1), ("rloo", 2)] {
+        for (name, f) in [
+            (Advantage::Grpo, 0usize),
+            (Advantage::DrGrpo, 1),
+            (Advantage::Rloo, 2),
+        ] {
             let c = cfg_with(name);
-            let res = c.validate().unwrap();
-            let adv = base_advantages(&ro, &c, &res).unwrap();
+            c.validate().unwrap();
+            let adv = base_advantages(&ro, &c).unwrap();
             assert_eq!(adv.len(), ro.turns.len());
             for (i, tr) in ro.trajs.iter().enumerate() {
                 let rs = group_rewards(&ro, tr.group);
@@ -122,9 +126,9 @@ fn outcome_estimators_on_rollout_groups() {
 fn gigpo_anchor_groups_from_canonical_observations() {
     for level in ["keyrooms-train", "foglake-proto"] {
         let ro = mixed(level);
-        let c = cfg_with("gigpo");
-        let res = c.validate().unwrap();
-        let adv = base_advantages(&ro, &c, &res).unwrap();
+        let c = cfg_with(Advantage::Gigpo);
+        c.validate().unwrap();
+        let adv = base_advantages(&ro, &c).unwrap();
         // Brute force: A = A_E (Dr.GRPO) + ω (G_t − mean over the anchor group of G).
         let (omega, gamma) = (c.algo.gigpo_omega, c.algo.gigpo_gamma);
         let mut ret = vec![0.0f64; ro.turns.len()];
@@ -180,7 +184,7 @@ fn gigpo_anchor_groups_from_canonical_observations() {
 #[test]
 fn aem_alpha_on_rollout_groups() {
     let ro = mixed("keyrooms-train");
-    let mut c = cfg_with("gigpo");
+    let mut c = cfg_with(Advantage::Gigpo);
     let al = alpha_of(&ro, &c, 1).unwrap();
     // Group mean 1, decreasing in mean entropy, within (1/e, e) for λ = 1.
     for g in 0..ro.n_groups {

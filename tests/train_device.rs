@@ -49,9 +49,9 @@ fn rule(what: &str, reference: f64, cpu16: f64, dev: f64) {
 }
 
 /// The CPU backend's tiny config on `backend`.
-fn tiny(backend: &str) -> TrainConfig {
+fn tiny(backend: Backend) -> TrainConfig {
     let mut c = train_support::tiny("keyrooms-train", "keyrooms-hard");
-    c.run.backend = backend.into();
+    c.run.backend = backend;
     c
 }
 
@@ -216,7 +216,7 @@ fn device_update_plan_reproduces_the_host_alpha_pipeline() {
     masked_rows(&logits, v, &p.rows, &p.masks, &mut head_logits);
     let mut tc = TrainConfig::default();
     tc.algo.entropy_coef = 0.01; // every term of the gradient
-    let hcfg = update::head_config(&tc, &tc.validate().unwrap());
+    let hcfg = update::head_config(&tc);
     assert_eq!(hcfg.lambda, 1.0);
     let adv32: Vec<f32> = p.adv.iter().map(|&a| a as f32).collect();
     let inp = HeadInputs {
@@ -302,7 +302,7 @@ fn device_update_plan_reproduces_the_host_alpha_pipeline() {
 
 fn update_with(l: &mut dyn Learner, ro: &Rollouts, adv: &[f64]) -> UpdateStats {
     let tc = TrainConfig::default();
-    let hcfg = update::head_config(&tc, &tc.validate().unwrap());
+    let hcfg = update::head_config(&tc);
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     update::ppo_update(
         l,
@@ -422,7 +422,7 @@ fn finite_fields(r: &aem::train::metrics::StepRecord, keys: &[&str]) {
 fn emu_short_run_is_finite_and_complete() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let mut cfg = tiny("emu");
+    let mut cfg = tiny(Backend::Emu);
     cfg.run.steps = 2;
     cfg.run.eval_every = 1;
     cfg.warmup.steps = 1;
@@ -437,7 +437,7 @@ fn emu_short_run_is_finite_and_complete() {
     )
     .unwrap();
     assert_eq!((s.steps_done, s.total_steps), (3, 3));
-    assert_eq!(s.backend, "emu");
+    assert_eq!(s.backend, Backend::Emu);
     for f in [
         "config.toml",
         "metrics.jsonl",
@@ -505,7 +505,7 @@ fn emu_short_run_is_finite_and_complete() {
 #[test]
 fn emu_resume_is_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = tiny("emu");
+    let mut cfg = tiny(Backend::Emu);
     cfg.run.steps = 3;
     cfg.run.eval_every = 0;
     cfg.run.checkpoint_every = 100;
@@ -533,7 +533,7 @@ fn emu_resume_is_bit_identical() {
         },
     )
     .unwrap();
-    assert_eq!((s.steps_done, s.backend.as_str()), (3, "emu"));
+    assert_eq!((s.steps_done, s.backend), (3, Backend::Emu));
     let ca = load_checkpoint::<f16>(&a.join("checkpoint.safetensors")).unwrap();
     let cb = load_checkpoint::<f16>(&b.join("checkpoint.safetensors")).unwrap();
     let bits = |x: &[f16]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
@@ -563,7 +563,7 @@ fn cuda_without_a_gpu_is_a_one_line_error_and_auto_falls_back() {
         }
         Err(e) => e.to_string(),
     };
-    let e = train(tiny("cuda"), &RunOptions::default())
+    let e = train(tiny(Backend::Cuda), &RunOptions::default())
         .unwrap_err()
         .to_string();
     assert_eq!(e, format!("backend cuda: {why}"));
@@ -589,7 +589,7 @@ fn cuda_without_a_gpu_is_a_one_line_error_and_auto_falls_back() {
     assert!(opened.device.is_none());
     assert!(opened.note.unwrap().contains(&why));
     let out = dir.path().join("auto");
-    let mut cfg = tiny("auto");
+    let mut cfg = tiny(Backend::Auto);
     cfg.run.steps = 1;
     cfg.run.eval_tasks = 2;
     let s = train(
@@ -600,9 +600,9 @@ fn cuda_without_a_gpu_is_a_one_line_error_and_auto_falls_back() {
         },
     )
     .unwrap();
-    assert_eq!(s.backend, "cpu");
+    assert_eq!(s.backend, Backend::Cpu);
     let back = TrainConfig::from_toml_file(&out.join("config.toml")).unwrap();
-    assert_eq!(back.run.backend, "cpu");
+    assert_eq!(back.run.backend, Backend::Cpu);
 }
 
 /// Checkpoints are the CPU format on every backend: a run started on `cpu` continues on `emu`
@@ -612,7 +612,7 @@ fn cuda_without_a_gpu_is_a_one_line_error_and_auto_falls_back() {
 fn resume_and_eval_across_backends() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let mut cfg = tiny("cpu");
+    let mut cfg = tiny(Backend::Cpu);
     cfg.run.steps = 2;
     cfg.run.eval_every = 0;
     let s = train(
@@ -624,7 +624,7 @@ fn resume_and_eval_across_backends() {
         },
     )
     .unwrap();
-    assert_eq!((s.steps_done, s.backend.as_str()), (1, "cpu"));
+    assert_eq!((s.steps_done, s.backend), (1, Backend::Cpu));
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_aem"))
         .args(["train", "--resume", "run", "--backend", "emu", "--quiet"])
         .current_dir(dir.path())
@@ -634,7 +634,7 @@ fn resume_and_eval_across_backends() {
     assert!(o.status.success(), "{err}");
     assert!(err.contains("backend emu | iterations 2/2"), "{err}");
     let back = TrainConfig::from_toml_file(&out.join("config.toml")).unwrap();
-    assert_eq!(back.run.backend, "emu");
+    assert_eq!(back.run.backend, Backend::Emu);
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_aem"))
         .args([
             "eval",

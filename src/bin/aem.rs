@@ -3,11 +3,13 @@
 use aem::device::Backend;
 use aem::head::file::{self, GradDtype};
 use aem::head::{Aggregation, HeadConfig};
-use aem::train::config::{parse_backend, AemMap, AemOnly, AemProxy, AemScope};
+use aem::train::config::{
+    Advantage, AemMap, AemOnly, AemProxy, AemScope, LevelName, MaskMode, Schedule,
+};
 use aem::train::policy::open_backend;
 use aem::train::run::requested_backend;
 use aem::train::{train_with, RunOptions, TrainConfig, TrainError};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -221,11 +223,10 @@ macro_rules! train_flags {
                 #[arg(long, value_parser = $parser)]
                 $field: Option<$ty>,
             )*
-            /// auto (default: GPU 0 when one is found, else cpu) | cpu | emu (the device path on
-            /// the CPU emulator: checks the launch code, slower than cpu) | cuda. Allowed with
-            /// --resume (continues the run on another backend).
-            #[arg(long)]
-            backend: Option<String>,
+            /// Where the run computes (default auto). Allowed with --resume (continues the run
+            /// on another backend).
+            #[arg(long, value_enum)]
+            backend: Option<Backend>,
             /// Any config key: --set section.key=value (repeatable), e.g. --set optim.beta2=0.999.
             #[arg(long = "set", value_name = "KEY=VALUE")]
             sets: Vec<String>,
@@ -275,7 +276,7 @@ macro_rules! train_flags {
                         c.$($key).+.put(v);
                     }
                 )*
-                if let Some(b) = self.backend.clone() {
+                if let Some(b) = self.backend {
                     c.run.backend = b;
                 }
                 for s in &self.sets {
@@ -289,25 +290,25 @@ macro_rules! train_flags {
 }
 
 train_flags! {
-    /// Training level (foglake-proto, keyrooms-train, tinyshop-train, ...).
-    level: String [clap::value_parser!(String)] => env.level;
+    /// Training level (held-out tasks come from its test split).
+    level: LevelName [clap::value_parser!(LevelName)] => env.level;
     /// Out-of-distribution level for evaluation (same env as --level).
-    ood_level: String [clap::value_parser!(String)] => env.ood_level;
-    /// Base advantage: grpo | dr-grpo | rloo | gigpo.
-    advantage: String [clap::value_parser!(String)] => algo.advantage;
+    ood_level: LevelName [clap::value_parser!(LevelName)] => env.ood_level;
+    /// Base advantage estimator.
+    advantage: Advantage [clap::value_parser!(Advantage)] => algo.advantage;
     /// Rescale advantages with AEM (true | false).
     aem: bool [clap::value_parser!(bool)] => algo.aem;
     /// AEM λ.
     lambda: f32 [clap::value_parser!(f32)] => algo.lambda;
     /// AEM range guard δ.
     delta: f32 [clap::value_parser!(f32)] => algo.delta;
-    /// AEM's ranked statistic: mean (the paper's) | free-mean | sum | free-fraction (control).
+    /// AEM's ranked statistic (mean is the paper's).
     aem_proxy: AemProxy [clap::value_parser!(AemProxy)] => algo.aem_proxy;
-    /// AEM's ranking group: task (the paper's) | turn | anchor.
+    /// AEM's ranking group (task is the paper's).
     aem_scope: AemScope [clap::value_parser!(AemScope)] => algo.aem_scope;
-    /// AEM's map to α: paper | reversed | shuffled (controls).
+    /// AEM's map to α (paper, or a control).
     aem_map: AemMap [clap::value_parser!(AemMap)] => algo.aem_map;
-    /// Train only on responses with A·(α−1) > 0 (pos) or < 0 (neg); all (default).
+    /// Which responses are trained (all, the default, or one side of AEM's push).
     aem_only: AemOnly [clap::value_parser!(AemOnly)] => algo.aem_only;
     /// Every this many iterations, write each response's H̄, S, A and α to responses.tsv (0 = off).
     responses_every: u64 [count64] => run.responses_every;
@@ -319,12 +320,12 @@ train_flags! {
     rollouts: usize [count] => rollout.rollouts;
     /// Past turns in the prompt (k).
     history: usize [count] => env.history;
-    /// Validity mask: admissible | grammar.
-    mask: String [clap::value_parser!(String)] => env.mask;
+    /// Validity mask for decoding and the loss.
+    mask: MaskMode [clap::value_parser!(MaskMode)] => env.mask;
     /// Learning rate.
     lr: f32 [clap::value_parser!(f32)] => optim.lr;
-    /// Learning-rate schedule: constant | cosine | linear.
-    schedule: String [clap::value_parser!(String)] => optim.schedule;
+    /// Learning-rate schedule.
+    schedule: Schedule [clap::value_parser!(Schedule)] => optim.schedule;
     /// PPO epochs per iteration.
     epochs: usize [count] => optim.epochs;
     /// Minibatches per epoch.
@@ -335,8 +336,8 @@ train_flags! {
     clip_high: f32 [clap::value_parser!(f32)] => algo.clip_high;
     /// Gradient-norm clip.
     grad_clip: f32 [clap::value_parser!(f32)] => optim.grad_clip;
-    /// token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
-    agg: String [clap::value_parser!(String)] => algo.agg;
+    /// How token losses are weighted into the loss.
+    agg: Aggregation [clap::value_parser!(Aggregation)] => algo.agg;
     /// Imitation warm-up iterations (uniformly random valid policy) before RL.
     warmup_steps: u64 [count64] => warmup.steps;
     /// Seed of the model's initialisation, the task stream and sampling.
@@ -360,7 +361,7 @@ fn train_cmd(a: TrainArgs) -> Result<(), TrainError> {
     };
     if a.resume.is_some() {
         // With --resume, --backend overrides the run's recorded backend.
-        opts.backend = a.backend.as_deref().map(parse_backend).transpose()?;
+        opts.backend = a.backend;
     }
     let cfg = if a.resume.is_some() {
         let given = a.config_flags();
@@ -431,10 +432,10 @@ struct EvalArgs {
     tasks: usize,
     /// Training level whose held-out split to use (default: the run's).
     #[arg(long)]
-    level: Option<String>,
+    level: Option<LevelName>,
     /// OOD level (default: the run's).
     #[arg(long)]
-    ood_level: Option<String>,
+    ood_level: Option<LevelName>,
     /// Seed of the sampled evaluation.
     #[arg(long, value_parser = count64, default_value_t = 0)]
     seed: u64,
@@ -592,12 +593,6 @@ fn demo_input(a: DemoArgs) -> aem::Result<()> {
     Ok(())
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum DtypeArg {
-    F16,
-    F32,
-}
-
 #[derive(Args)]
 #[command(allow_negative_numbers = true)]
 struct HeadArgs {
@@ -629,8 +624,8 @@ struct HeadArgs {
     entropy_coef: f32,
     #[arg(long, default_value_t = 0.0)]
     kl_coef: f32,
-    /// token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
-    #[arg(long, default_value = "token-mean")]
+    /// How token losses are weighted into the loss.
+    #[arg(long, value_enum, default_value_t = Aggregation::TokenMean)]
     agg: Aggregation,
     /// The constant C of seq-mean-token-sum-norm (default: the longest response).
     #[arg(long)]
@@ -647,8 +642,8 @@ struct HeadArgs {
     /// Gradient scale s (a loss scale for f16 gradients).
     #[arg(long, default_value_t = 1.0)]
     grad_scale: f32,
-    #[arg(long, value_enum, default_value = "f32")]
-    grad_dtype: DtypeArg,
+    #[arg(long, value_enum, default_value_t = GradDtype::F32)]
+    grad_dtype: GradDtype,
 }
 
 fn head(a: HeadArgs) -> aem::Result<()> {
@@ -668,10 +663,7 @@ fn head(a: HeadArgs) -> aem::Result<()> {
         grad_scale: a.grad_scale,
     };
     let backend = a.backend;
-    let dtype = match a.grad_dtype {
-        DtypeArg::F16 => GradDtype::F16,
-        DtypeArg::F32 => GradDtype::F32,
-    };
+    let dtype = a.grad_dtype;
     aem::io::check_output(&a.output, &[&a.input])?;
     let data = file::read_inputs(&a.input, a.n_groups)?;
     let res = file::compute(&data, &cfg, dtype, backend)?;

@@ -447,8 +447,20 @@ pub struct LaunchCfg {
 }
 
 /// Where a computation runs: the one backend choice of `aem head`, `aem model`, `aem train`,
-/// `aem eval` and the library.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+/// `aem eval`, the trainer's `run.backend` and the library (and, as [`Device::backend`], which
+/// executor a device is).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum Backend {
     /// GPU 0 when one opens, else the CPU path.
     #[default]
@@ -462,7 +474,8 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The value in configs and on the command line.
+    /// The value in configs and on the command line (serde's and clap's name; a test holds
+    /// them equal), as a `&'static str` for errors and messages.
     pub fn name(self) -> &'static str {
         match self {
             Backend::Auto => "auto",
@@ -470,14 +483,6 @@ impl Backend {
             Backend::Emu => "emu",
             Backend::Cuda => "cuda",
         }
-    }
-
-    /// Parses [`Self::name`]; the error says what is allowed.
-    pub fn parse(s: &str) -> std::result::Result<Self, &'static str> {
-        [Backend::Auto, Backend::Cpu, Backend::Emu, Backend::Cuda]
-            .into_iter()
-            .find(|b| b.name() == s)
-            .ok_or("must be auto, cpu, emu or cuda")
     }
 
     /// Opens the backend: `cpu` needs nothing, `emu` starts the emulator, `cuda` GPU 0 (a
@@ -501,6 +506,12 @@ impl Backend {
     }
 }
 
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A backend resolved and opened: `auto` became `cpu` or `cuda`.
 pub struct Opened {
     /// The backend that runs (never `Auto`).
@@ -509,13 +520,6 @@ pub struct Opened {
     pub device: Option<Device>,
     /// Why `auto` chose the CPU path (no usable GPU), for the user.
     pub note: Option<String>,
-}
-
-/// Which executor a [`Device`] is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Emu,
-    Cuda,
 }
 
 /// An executor of the kernels.
@@ -544,11 +548,12 @@ impl Device {
         }
     }
 
-    pub fn kind(&self) -> Kind {
+    /// Which executor this is: [`Backend::Emu`] or [`Backend::Cuda`].
+    pub fn backend(&self) -> Backend {
         match self {
-            Device::Emu(_) => Kind::Emu,
+            Device::Emu(_) => Backend::Emu,
             #[cfg(feature = "cuda")]
-            Device::Cuda(_) => Kind::Cuda,
+            Device::Cuda(_) => Backend::Cuda,
         }
     }
 

@@ -82,7 +82,7 @@ pub enum EnvError {
     #[error("token {token:?} is not in the {vocab} vocabulary")]
     UnknownToken { vocab: &'static str, token: String },
     /// A level name that [`level`] does not know.
-    #[error("unknown level {0:?}")]
+    #[error("unknown level {0:?} (known: {known})", known = level_names().join(", "))]
     UnknownLevel(String),
     /// Level parameters outside what the generator supports.
     #[error("invalid parameters for {env}: {why}")]
@@ -137,16 +137,32 @@ pub trait Env: Send {
     fn box_clone(&self) -> Box<dyn Env>;
 }
 
-/// Which validity mask [`Episode::valid_next`] applies (record it in a run's config).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which validity mask [`Episode::valid_next`] applies (record it in a run's config:
+/// `env.mask`, `aem train --mask`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum MaskMode {
-    /// The action grammar only ([`Grammar::valid_next`]); state-independent, so it can be
-    /// recomputed from a response's tokens alone.
+    /// The action grammar only, whatever the state.
+    ///
+    /// [`Grammar::valid_next`]: state-independent, so it can be recomputed from a response's
+    /// tokens alone.
     Grammar,
     /// The grammar narrowed to admissible actions (the default; like ALFWorld's admissible
-    /// commands): each action of the response must be one [`Env::admissible`] accepts in the
-    /// state reached by the response's earlier actions, and nothing follows an action that ends
-    /// the episode. Within a turn this uses the simulated state, so after `open box ;` the mask
+    /// commands).
+    ///
+    /// Each action of the response must be one [`Env::admissible`] accepts in the state
+    /// reached by the response's earlier actions, and nothing follows an action that ends the
+    /// episode. Within a turn this uses the simulated state, so after `open box ;` the mask
     /// offers `take` only for what the box holds: an instruct LLM's "sensible next command"
     /// prior, a little stronger. Store the mask per sampled token (a `u64`) for the loss.
     #[default]
@@ -576,18 +592,99 @@ registry! {
     TinyShop => tinyshop::Kind,
 }
 
+/// Other names a level is known by: (alias, level name).
+const LEVEL_ALIASES: [(&str, &str); 1] = [("foglake-train", "foglake-proto")];
+
+/// Every name [`level`] accepts: the levels' names, then the aliases.
+pub fn level_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = levels().iter().map(|l| l.name).collect();
+    names.extend(LEVEL_ALIASES.iter().map(|(alias, _)| *alias));
+    names
+}
+
 /// A named level by name (`foglake-train` is an alias of `foglake-proto`).
 pub fn level(name: &str) -> Result<Level, EnvError> {
-    let name = if name == "foglake-train" {
-        "foglake-proto"
-    } else {
-        name
-    };
+    let target = LEVEL_ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == name)
+        .map_or(name, |(_, to)| *to);
     levels()
         .into_iter()
-        .find(|l| l.name == name)
+        .find(|l| l.name == target)
         .map(|l| l.level)
         .ok_or_else(|| EnvError::UnknownLevel(name.to_string()))
+}
+
+/// The name of a registered level (`env.level`, `env.ood_level`, `aem train --level`): checked
+/// by [`level`] when made and kept as written, so a run recorded as `foglake-train` stays so.
+/// A checked name rather than an enum because the names are declared once, by each env's
+/// [`EnvKind::levels`]: a new level or env needs no second list.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct LevelName(String);
+
+impl LevelName {
+    /// A name of this crate's own (a default); [`LevelName::level`] still checks it.
+    pub(crate) fn builtin(name: &'static str) -> Self {
+        Self(name.to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The level's parameters.
+    pub fn level(&self) -> Result<Level, EnvError> {
+        level(&self.0)
+    }
+}
+
+impl TryFrom<String> for LevelName {
+    type Error = EnvError;
+    fn try_from(name: String) -> Result<Self, EnvError> {
+        level(&name)?;
+        Ok(Self(name))
+    }
+}
+
+impl std::str::FromStr for LevelName {
+    type Err = EnvError;
+    fn from_str(name: &str) -> Result<Self, EnvError> {
+        Self::try_from(name.to_string())
+    }
+}
+
+impl From<LevelName> for String {
+    fn from(name: LevelName) -> String {
+        name.0
+    }
+}
+
+impl std::fmt::Display for LevelName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `value_parser!(LevelName)`: the registered levels as clap's possible values (with their
+/// descriptions in `--help`, the aliases accepted but not listed).
+impl clap::builder::ValueParserFactory for LevelName {
+    type Parser = clap::builder::TryMapValueParser<
+        clap::builder::PossibleValuesParser,
+        fn(String) -> Result<LevelName, EnvError>,
+    >;
+    fn value_parser() -> Self::Parser {
+        use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+        let values = levels().into_iter().map(|l| {
+            LEVEL_ALIASES
+                .iter()
+                .filter(|(_, to)| *to == l.name)
+                .fold(PossibleValue::new(l.name).help(l.about), |v, (alias, _)| {
+                    v.alias(*alias)
+                })
+        });
+        PossibleValuesParser::new(values).try_map(LevelName::try_from as fn(String) -> _)
+    }
 }
 
 /// Mixes a seed stream id and an index into one seed (splitmix64 finaliser).

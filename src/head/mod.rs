@@ -11,8 +11,20 @@ pub mod file;
 pub mod launch;
 pub mod result;
 
-/// How per-token losses are weighted into the scalar loss (AEM.md §5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How per-token losses are weighted into the scalar loss (AEM.md §5); the value of
+/// `aem head --agg`, `aem train --agg` and `algo.agg`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum Aggregation {
     /// `w_t = 1 / N_tok`
     #[default]
@@ -26,16 +38,6 @@ pub enum Aggregation {
 }
 
 impl Aggregation {
-    /// The name used on the command line and in configs.
-    pub fn name(self) -> &'static str {
-        match self {
-            Aggregation::TokenMean => "token-mean",
-            Aggregation::SeqMeanTokenMean => "seq-mean-token-mean",
-            Aggregation::SeqMeanTokenSum => "seq-mean-token-sum",
-            Aggregation::SeqMeanTokenSumNorm => "seq-mean-token-sum-norm",
-        }
-    }
-
     /// The integer the kernels take (`AemHeadParams::agg_mode`).
     pub fn code(self) -> i32 {
         match self {
@@ -52,18 +54,6 @@ impl Aggregation {
         Aggregation::SeqMeanTokenSum,
         Aggregation::SeqMeanTokenSumNorm,
     ];
-}
-
-impl std::str::FromStr for Aggregation {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Aggregation::ALL
-            .into_iter()
-            .find(|a| a.name() == s)
-            .ok_or_else(|| {
-                format!("unknown aggregation {s:?} (token-mean|seq-mean-token-mean|seq-mean-token-sum|seq-mean-token-sum-norm)")
-            })
-    }
 }
 
 /// Every knob of the loss head; `Default` is the contract's defaults.

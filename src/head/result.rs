@@ -4,8 +4,8 @@ use super::{check_outputs, HeadConfig, HeadInputs, Outputs};
 use crate::error::Result;
 use half::f16;
 
-/// The dtype of the gradient output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The dtype of the gradient output (`aem head --grad-dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum GradDtype {
     F16,
     #[default]

@@ -4,13 +4,18 @@
 //!
 //! A TOML file may set any subset of the fields; unknown keys are errors (a typo must not be
 //! silently ignored). Every error is one line naming the key.
+//!
+//! Options with a fixed set of values are enums deriving serde (the TOML value) and
+//! `clap::ValueEnum` (the flag, its `--help` list): one definition gives the accepted values,
+//! the help and the check. Level names are [`LevelName`]s, checked against the env registry.
 
 use serde::{Deserialize, Serialize};
 
 use super::TrainError;
 use crate::advantage::Outcome;
-use crate::env::MaskMode;
-use crate::head::Aggregation;
+pub use crate::device::Backend;
+pub use crate::env::{LevelName, MaskMode};
+pub use crate::head::Aggregation;
 
 /// A whole run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -30,22 +35,22 @@ pub struct TrainConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct EnvConfig {
     /// Training level (held-out tasks come from its test split), e.g. `foglake-proto`.
-    pub level: String,
-    /// Out-of-distribution level reported by evaluation.
-    pub ood_level: String,
+    pub level: LevelName,
+    /// Out-of-distribution level reported by evaluation (of the same env).
+    pub ood_level: LevelName,
     /// Past turns shown in the prompt (k).
     pub history: usize,
-    /// Validity mask for decoding and the loss: `admissible` (default) or `grammar`.
-    pub mask: String,
+    /// Validity mask for decoding and the loss.
+    pub mask: MaskMode,
 }
 
 impl Default for EnvConfig {
     fn default() -> Self {
         Self {
-            level: "keyrooms-train".into(),
-            ood_level: "keyrooms-hard".into(),
+            level: LevelName::builtin("keyrooms-train"),
+            ood_level: LevelName::builtin("keyrooms-hard"),
             history: 0,
-            mask: "admissible".into(),
+            mask: MaskMode::Admissible,
         }
     }
 }
@@ -98,8 +103,8 @@ impl Default for RolloutConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlgoConfig {
-    /// `grpo`, `dr-grpo`, `rloo` or `gigpo`.
-    pub advantage: String,
+    /// The base advantage estimator.
+    pub advantage: Advantage,
     /// Rescale advantages by AEM's α.
     pub aem: bool,
     /// AEM λ.
@@ -120,8 +125,8 @@ pub struct AlgoConfig {
     pub dual_clip: Option<f32>,
     /// Entropy bonus β_H.
     pub entropy_coef: f32,
-    /// `token-mean`, `seq-mean-token-mean`, `seq-mean-token-sum`, `seq-mean-token-sum-norm`.
-    pub agg: String,
+    /// How token losses are weighted into the loss.
+    pub agg: Aggregation,
     /// C of `seq-mean-token-sum-norm` (absent = the longest response of the minibatch).
     pub norm_const: Option<f64>,
     /// GiGPO ω (weight of the step-level advantage).
@@ -130,14 +135,14 @@ pub struct AlgoConfig {
     pub gigpo_gamma: f64,
     /// GiGPO: divide the step advantage by its anchor group's std.
     pub gigpo_step_std: bool,
-    /// GiGPO episode-level estimator: `dr-grpo` or `grpo`.
-    pub gigpo_episode: String,
+    /// GiGPO's episode-level estimator.
+    pub gigpo_episode: GigpoEpisode,
 }
 
 impl Default for AlgoConfig {
     fn default() -> Self {
         Self {
-            advantage: "gigpo".into(),
+            advantage: Advantage::Gigpo,
             aem: true,
             lambda: 1.0,
             delta: 0.1,
@@ -149,12 +154,72 @@ impl Default for AlgoConfig {
             clip_high: 0.2,
             dual_clip: None,
             entropy_coef: 0.0,
-            agg: "token-mean".into(),
+            agg: Aggregation::TokenMean,
             norm_const: None,
             gigpo_omega: 1.0,
             gigpo_gamma: 0.95,
             gigpo_step_std: false,
-            gigpo_episode: "dr-grpo".into(),
+            gigpo_episode: GigpoEpisode::DrGrpo,
+        }
+    }
+}
+
+/// The base advantage estimator (`algo.advantage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Advantage {
+    /// (R − mean) / (std + 1e-6) over the task's rollouts.
+    Grpo,
+    /// R − mean (Dr. GRPO).
+    DrGrpo,
+    /// R − the mean of the task's other rollouts (leave-one-out).
+    Rloo,
+    /// Episode advantage plus ω × a step advantage within groups of equal observations.
+    #[default]
+    Gigpo,
+}
+
+impl Advantage {
+    /// The outcome-level estimator; `None` for GiGPO (which also needs the steps).
+    pub fn outcome(self) -> Option<Outcome> {
+        match self {
+            Advantage::Grpo => Some(Outcome::Grpo),
+            Advantage::DrGrpo => Some(Outcome::DrGrpo),
+            Advantage::Rloo => Some(Outcome::Rloo),
+            Advantage::Gigpo => None,
+        }
+    }
+}
+
+/// The value in configs and flags (also in default run directory names): clap's name, which
+/// is serde's (both kebab-case of the variant; `tests/train_run.rs` holds them equal).
+impl std::fmt::Display for Advantage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use clap::ValueEnum;
+        match self.to_possible_value() {
+            Some(v) => f.write_str(v.get_name()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// GiGPO's episode-level estimator (`algo.gigpo_episode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum GigpoEpisode {
+    /// R − mean.
+    #[default]
+    DrGrpo,
+    /// (R − mean) / (std + 1e-6).
+    Grpo,
+}
+
+impl GigpoEpisode {
+    /// The outcome-level estimator GiGPO's episode term uses.
+    pub fn outcome(self) -> Outcome {
+        match self {
+            GigpoEpisode::DrGrpo => Outcome::DrGrpo,
+            GigpoEpisode::Grpo => Outcome::Grpo,
         }
     }
 }
@@ -224,8 +289,8 @@ pub struct OptimConfig {
     pub weight_decay: f32,
     /// Global gradient-norm clip (absent = off).
     pub grad_clip: Option<f32>,
-    /// `constant`, `cosine` or `linear` (decay to `min_lr_ratio · lr` at the last RL step).
-    pub schedule: String,
+    /// The learning-rate schedule after the warm-up.
+    pub schedule: Schedule,
     /// Linear learning-rate warm-up over this many RL steps.
     pub lr_warmup_steps: u64,
     pub min_lr_ratio: f32,
@@ -244,7 +309,7 @@ impl Default for OptimConfig {
             eps: 1e-8,
             weight_decay: 0.0,
             grad_clip: Some(1.0),
-            schedule: "constant".into(),
+            schedule: Schedule::Constant,
             lr_warmup_steps: 0,
             min_lr_ratio: 0.1,
             epochs: 1,
@@ -292,10 +357,8 @@ pub struct RunConfig {
     /// Every this many RL iterations, append each response's statistics (H̄, H̄_free, S,
     /// A_base, α) to `responses.tsv` in the run directory (0 = off, the default).
     pub responses_every: u64,
-    /// `auto` (GPU 0 when one is found, else `cpu`), `cpu`, `emu` (the device path on the CPU
-    /// emulator: checks the launch code; slower than `cpu`) or `cuda`. A run's `config.toml`
-    /// records the backend `auto` resolved to.
-    pub backend: String,
+    /// Where the run computes. A run's `config.toml` records the backend `auto` resolved to.
+    pub backend: Backend,
 }
 
 impl Default for RunConfig {
@@ -307,83 +370,26 @@ impl Default for RunConfig {
             eval_tasks: 256,
             checkpoint_every: 25,
             responses_every: 0,
-            backend: "auto".into(),
+            backend: Backend::Auto,
         }
     }
 }
 
-pub use crate::device::Backend;
-
-/// `run.backend` (or `--backend`) as a [`Backend`].
-pub fn parse_backend(s: &str) -> Result<Backend, TrainError> {
-    Backend::parse(s).map_err(|why| bad("run.backend", s, why))
-}
-
-/// The base advantage estimator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AdvantageKind {
-    Outcome(Outcome),
-    Gigpo,
-}
-
-impl AdvantageKind {
-    pub fn parse(s: &str) -> Result<Self, TrainError> {
-        match s {
-            "grpo" => Ok(AdvantageKind::Outcome(Outcome::Grpo)),
-            "dr-grpo" => Ok(AdvantageKind::Outcome(Outcome::DrGrpo)),
-            "rloo" => Ok(AdvantageKind::Outcome(Outcome::Rloo)),
-            "gigpo" => Ok(AdvantageKind::Gigpo),
-            _ => Err(bad(
-                "algo.advantage",
-                s,
-                "must be grpo, dr-grpo, rloo or gigpo",
-            )),
-        }
-    }
-}
-
-/// Learning-rate schedule shapes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Learning-rate schedule shapes (`optim.schedule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
 pub enum Schedule {
+    /// `optim.lr` throughout.
+    #[default]
     Constant,
+    /// Cosine decay to `min_lr_ratio · lr` at the last RL step.
     Cosine,
+    /// Linear decay to `min_lr_ratio · lr` at the last RL step.
     Linear,
 }
 
 fn bad(key: &str, value: impl std::fmt::Display, why: &str) -> TrainError {
     TrainError::Config(format!("{key} = {value}: {why}"))
-}
-
-fn parse_mask(s: &str) -> Result<MaskMode, TrainError> {
-    match s {
-        "admissible" => Ok(MaskMode::Admissible),
-        "grammar" => Ok(MaskMode::Grammar),
-        _ => Err(bad("env.mask", s, "must be admissible or grammar")),
-    }
-}
-
-fn parse_schedule(s: &str) -> Result<Schedule, TrainError> {
-    match s {
-        "constant" => Ok(Schedule::Constant),
-        "cosine" => Ok(Schedule::Cosine),
-        "linear" => Ok(Schedule::Linear),
-        _ => Err(bad(
-            "optim.schedule",
-            s,
-            "must be constant, cosine or linear",
-        )),
-    }
-}
-
-/// The parsed (enum) form of the string fields, produced by [`TrainConfig::validate`].
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Resolved {
-    pub backend: Backend,
-    pub advantage: AdvantageKind,
-    pub gigpo_episode: Outcome,
-    pub mask: MaskMode,
-    pub agg: Aggregation,
-    pub schedule: Schedule,
 }
 
 impl TrainConfig {
@@ -438,6 +444,12 @@ impl TrainConfig {
                 "--set {key}: unknown key {field:?} in [{section}]"
             )));
         }
+        // A string-valued key (an enum, a level) takes the bare value as written, so a value
+        // that parses as a number is reported against the accepted names, not as a type error.
+        let parsed = match (sec.get(field), parsed) {
+            (Some(toml::Value::String(_)), p) if !p.is_str() => toml::Value::String(value.into()),
+            (_, p) => p,
+        };
         sec.insert(field.to_string(), parsed);
         *self = toml::Value::Table(table)
             .try_into()
@@ -447,25 +459,17 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// Checks every field's domain and parses the enum-valued strings.
-    pub fn validate(&self) -> Result<Resolved, TrainError> {
-        let backend = parse_backend(&self.run.backend)?;
-        let advantage = AdvantageKind::parse(&self.algo.advantage)?;
-        let gigpo_episode = match self.algo.gigpo_episode.as_str() {
-            "dr-grpo" => Outcome::DrGrpo,
-            "grpo" => Outcome::Grpo,
-            s => return Err(bad("algo.gigpo_episode", s, "must be dr-grpo or grpo")),
-        };
-        let mask = parse_mask(&self.env.mask)?;
-        let agg: Aggregation = self
-            .algo
-            .agg
-            .parse()
-            .map_err(|e: String| TrainError::Config(format!("algo.agg: {e}")))?;
-        let schedule = parse_schedule(&self.optim.schedule)?;
-        let train_level = crate::env::level(&self.env.level)
+    /// Checks every field's domain (the enums' values are checked when parsed).
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let train_level = self
+            .env
+            .level
+            .level()
             .map_err(|e| TrainError::Config(format!("env.level: {e}")))?;
-        let ood = crate::env::level(&self.env.ood_level)
+        let ood = self
+            .env
+            .ood_level
+            .level()
             .map_err(|e| TrainError::Config(format!("env.ood_level: {e}")))?;
         if ood.env_name() != train_level.env_name() {
             return Err(bad(
@@ -567,7 +571,7 @@ impl TrainConfig {
                 "must be finite",
             ));
         }
-        self.check_sizes(&train_level, mask)?;
+        self.check_sizes(&train_level)?;
         finite_pos("optim.lr", self.optim.lr)?;
         finite_pos("warmup.lr", self.warmup.lr)?;
         finite_pos("optim.eps", self.optim.eps)?;
@@ -591,14 +595,7 @@ impl TrainConfig {
                 "must be in [0, 1]",
             ));
         }
-        Ok(Resolved {
-            backend,
-            advantage,
-            gigpo_episode,
-            mask,
-            agg,
-            schedule,
-        })
+        Ok(())
     }
 
     /// Every size a run allocates from, checked before anything is allocated or written: counts
@@ -606,7 +603,7 @@ impl TrainConfig {
     /// and the prompt plus response against `model.context` (by simulating random valid episodes
     /// of the level: a longer prompt that no simulated episode reached is still caught when it
     /// occurs, and the run directory can then be started again).
-    fn check_sizes(&self, level: &crate::env::Level, mask: MaskMode) -> Result<(), TrainError> {
+    fn check_sizes(&self, level: &crate::env::Level) -> Result<(), TrainError> {
         let max = |key: &str, v: usize, limit: usize| {
             if v > limit {
                 Err(bad(key, v, &format!("at most {limit}")))
@@ -642,7 +639,7 @@ impl TrainConfig {
         let task = crate::env::train_task(level, 0)?;
         let prompt_cfg = crate::env::PromptConfig {
             history: self.env.history,
-            mask,
+            mask: self.env.mask,
         };
         let probe = crate::env::Episode::new(&task, prompt_cfg);
         let turns = probe.max_turns();
@@ -684,7 +681,7 @@ impl TrainConfig {
     }
 
     /// The learning rate of RL step `k` (0-based, counted after the imitation warm-up).
-    pub fn lr_at(&self, schedule: Schedule, k: u64) -> f32 {
+    pub fn lr_at(&self, k: u64) -> f32 {
         let o = &self.optim;
         let base = o.lr;
         if k < o.lr_warmup_steps {
@@ -693,7 +690,7 @@ impl TrainConfig {
         let span = self.run.steps.saturating_sub(o.lr_warmup_steps).max(1);
         let frac = ((k - o.lr_warmup_steps) as f32 / span as f32).clamp(0.0, 1.0);
         let min = base * o.min_lr_ratio;
-        match schedule {
+        match o.schedule {
             Schedule::Constant => base,
             Schedule::Linear => base + (min - base) * frac,
             Schedule::Cosine => {
@@ -716,7 +713,9 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// A TOML error as one line: `line L, column C: message`.
+/// A TOML error as one line: `line L, column C: message`, or `line L, column C: key: message`
+/// when the error is at a key's value (serde's message for a bad value, e.g. an unknown enum
+/// variant with the accepted ones, does not name the key).
 fn toml_error_line(text: &str, e: &toml::de::Error) -> String {
     let msg = one_line(e.message());
     match e.span() {
@@ -727,8 +726,34 @@ fn toml_error_line(text: &str, e: &toml::de::Error) -> String {
                 .rfind('\n')
                 .map_or(before.len(), |i| before.len() - i - 1)
                 + 1;
-            format!("line {line}, column {col}: {msg}")
+            match key_at(text, span.start) {
+                Some(key) => format!("line {line}, column {col}: {key}: {msg}"),
+                None => format!("line {line}, column {col}: {msg}"),
+            }
         }
         None => msg,
     }
+}
+
+/// The dotted key (`algo.advantage`) whose value, other than a table, spans byte `at` of the
+/// TOML `text`; `None` for text that does not parse or a position at no such value.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    use toml::de::{DeTable, DeValue};
+    fn walk(table: &DeTable<'_>, at: usize, path: &mut Vec<String>) -> bool {
+        for (key, value) in table {
+            path.push(key.get_ref().to_string());
+            let found = match value.get_ref() {
+                DeValue::Table(sub) => walk(sub, at, path),
+                _ => value.span().contains(&at),
+            };
+            if found {
+                return true;
+            }
+            path.pop();
+        }
+        false
+    }
+    let doc = DeTable::parse(text).ok()?;
+    let mut path = Vec::new();
+    walk(doc.get_ref(), at, &mut path).then(|| path.join("."))
 }

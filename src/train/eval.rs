@@ -126,7 +126,7 @@ pub fn eval_checkpoint(
     dev: Option<&Device>,
     mut progress: impl FnMut(&str, usize, usize),
 ) -> Result<Vec<EvalRow>, TrainError> {
-    let res = cfg.validate()?;
+    cfg.validate()?;
     let ck = crate::model::load_checkpoint::<f16>(ckpt)?;
     let on_device = dev
         .map(|d| DeviceGpt::from_cpu(d, &ck.model))
@@ -138,11 +138,11 @@ pub fn eval_checkpoint(
     };
     let prompt_cfg = PromptConfig {
         history: cfg.env.history,
-        mask: res.mask,
+        mask: cfg.env.mask,
     };
     let mut rows = Vec::new();
     for (name, split) in [(&cfg.env.level, "held-out"), (&cfg.env.ood_level, "ood")] {
-        let level = crate::env::level(name)?;
+        let level = name.level()?;
         if level.vocab().len() != ck.model.config().vocab {
             return Err(TrainError::Config(format!(
                 "level {name} has {} tokens but the checkpoint's model has vocab {}",
@@ -163,7 +163,7 @@ pub fn eval_checkpoint(
                 |d, t| progress(&label, d, t),
             )?;
             rows.push(EvalRow {
-                level: name.clone(),
+                level: name.to_string(),
                 split: split.into(),
                 result: r,
             });

@@ -167,7 +167,7 @@ pub fn probe_checkpoint(
     dev: Option<&Device>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<ProbeReport, TrainError> {
-    let res = cfg.validate()?;
+    cfg.validate()?;
     if pc.tasks == 0 || pc.rollouts == 0 || pc.alts == 0 {
         return Err(TrainError::Config(format!(
             "probe: --tasks {}, --rollouts {}, --alts {}: each must be >= 1",
@@ -194,7 +194,7 @@ pub fn probe_checkpoint(
         Some(m) => m,
         None => &ck.model,
     };
-    let level = crate::env::level(&cfg.env.level)?;
+    let level = cfg.env.level.level()?;
     if level.vocab().len() != ck.model.config().vocab {
         return Err(TrainError::Config(format!(
             "level {} has {} tokens but the checkpoint's model has vocab {}",
@@ -206,7 +206,7 @@ pub fn probe_checkpoint(
     let tasks = crate::env::test_tasks(&level, pc.tasks)?;
     let prompt = PromptConfig {
         history: cfg.env.history,
-        mask: res.mask,
+        mask: cfg.env.mask,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(super::derive_seed(pc.seed, "probe", 0));
     let (ro, alts) = rollout::collect_with_alternatives(

@@ -20,7 +20,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::config::{AemOnly, AemProxy, Backend, Resolved, TrainConfig};
+use super::config::{AemOnly, AemProxy, Backend, TrainConfig};
 use super::eval::{self, Mode};
 use super::metrics::{self, ResponseRow, StepRecord};
 use super::policy::{open_backend, Opened, Policy};
@@ -75,9 +75,12 @@ pub fn requested_backend(cfg: &TrainConfig, opts: &RunOptions) -> Result<Backend
             if !cpath.exists() {
                 return Err(nothing_to_resume(dir));
             }
-            super::config::parse_backend(&TrainConfig::from_toml_file(&cpath)?.run.backend)
+            Ok(TrainConfig::from_toml_file(&cpath)?.run.backend)
         }
-        None => Ok(cfg.validate()?.backend),
+        None => {
+            cfg.validate()?;
+            Ok(cfg.run.backend)
+        }
     }
 }
 
@@ -92,7 +95,6 @@ fn nothing_to_resume(dir: &Path) -> TrainError {
 pub struct Trainer<'d> {
     /// The run's config; `run.backend` is the resolved backend (never `auto`).
     pub cfg: TrainConfig,
-    pub res: Resolved,
     pub level: Level,
     pub prompt: PromptConfig,
     /// The model and its optimizer on the chosen backend.
@@ -111,9 +113,9 @@ impl<'d> Trainer<'d> {
     /// A fresh trainer on the opened backend (validates the config; records the resolved
     /// backend in `cfg.run.backend`).
     pub fn new(mut cfg: TrainConfig, opened: &'d Opened) -> Result<Self, TrainError> {
-        cfg.run.backend = opened.backend.name().into();
-        let res = cfg.validate()?;
-        let level = env::level(&cfg.env.level)?;
+        cfg.run.backend = opened.backend;
+        cfg.validate()?;
+        let level = cfg.env.level.level()?;
         let policy = Policy::fresh(
             gpt_config(&cfg, &level),
             cfg.run.seed,
@@ -121,13 +123,12 @@ impl<'d> Trainer<'d> {
             opened.device.as_ref(),
         )?;
         let rng = ChaCha8Rng::seed_from_u64(derive_seed(cfg.run.seed, "sample", 0));
-        Self::assemble(cfg, res, level, policy, rng, 0)
+        Self::assemble(cfg, level, policy, rng, 0)
     }
 
     /// The trainer around a policy at iteration `step` (the held-out tasks are the config's).
     fn assemble(
         cfg: TrainConfig,
-        res: Resolved,
         level: Level,
         policy: Policy<'d>,
         rng: ChaCha8Rng,
@@ -137,10 +138,9 @@ impl<'d> Trainer<'d> {
         Ok(Self {
             prompt: PromptConfig {
                 history: cfg.env.history,
-                mask: res.mask,
+                mask: cfg.env.mask,
             },
             cfg,
-            res,
             level,
             policy,
             rng,
@@ -157,9 +157,9 @@ impl<'d> Trainer<'d> {
         path: &Path,
         opened: &'d Opened,
     ) -> Result<Self, TrainError> {
-        cfg.run.backend = opened.backend.name().into();
-        let res = cfg.validate()?;
-        let level = env::level(&cfg.env.level)?;
+        cfg.run.backend = opened.backend;
+        cfg.validate()?;
+        let level = cfg.env.level.level()?;
         let want = gpt_config(&cfg, &level);
         let mut ck = model::load_checkpoint::<f16>(path)?;
         if *ck.model.config() != want {
@@ -174,7 +174,7 @@ impl<'d> Trainer<'d> {
         ck.optim.cfg = adamw_config(&cfg);
         let (rng, step) = (ck.rng.clone(), ck.step);
         let policy = Policy::from_checkpoint(ck, opened.device.as_ref())?;
-        Self::assemble(cfg, res, level, policy, rng, step)
+        Self::assemble(cfg, level, policy, rng, step)
     }
 
     /// Writes the checkpoint atomically (CPU format, whatever the backend).
@@ -283,12 +283,12 @@ impl<'d> Trainer<'d> {
         )?;
         let sample_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
-        let base = base_advantages(&ro, &self.cfg, &self.res)?;
+        let base = base_advantages(&ro, &self.cfg)?;
         let al = alpha_of(&ro, &self.cfg, k)?;
         let adv: Vec<f64> = base.iter().zip(&al.alpha).map(|(b, a)| b * a).collect();
         let turns = update::trained_turns(self.cfg.algo.aem_only, &base, &al.alpha);
-        let hcfg = update::head_config(&self.cfg, &self.res);
-        let lr = self.cfg.lr_at(self.res.schedule, k - w - 1);
+        let hcfg = update::head_config(&self.cfg);
+        let lr = self.cfg.lr_at(k - w - 1);
         let us = update::ppo_update(
             self.policy.learner(),
             &ro,
@@ -417,7 +417,7 @@ pub struct RunOptions {
 pub struct RunSummary {
     pub dir: PathBuf,
     /// The backend that ran (resolved: never `auto`).
-    pub backend: String,
+    pub backend: Backend,
     pub steps_done: u64,
     pub total_steps: u64,
     pub random_valid_heldout: Option<f64>,
@@ -491,7 +491,7 @@ pub fn train_with(
         }
         let lock = RunLock::acquire(dir)?;
         let cfg = TrainConfig::from_toml_file(&cpath)?;
-        let recorded = cfg.run.backend.clone();
+        let recorded = cfg.run.backend;
         // Read once: the trainer and the records kept must agree on whether there is one.
         let has_ckpt = ckpt.exists();
         let trainer = if has_ckpt {
@@ -615,7 +615,7 @@ pub fn train_with(
         .find(|r| r.step > 0 && r.heldout_success.is_some());
     let summary = RunSummary {
         dir: dir.clone(),
-        backend: trainer.cfg.run.backend.clone(),
+        backend: trainer.cfg.run.backend,
         steps_done: trainer.step,
         total_steps: total,
         random_valid_heldout: init.and_then(|r| r.random_valid_heldout),

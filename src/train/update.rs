@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::batch::too_big;
 pub use super::batch::{masked_rows, pack, Packed, MASKED_LOGIT};
-use super::config::{AdvantageKind, AemMap, AemOnly, AemProxy, AemScope, Resolved, TrainConfig};
+use super::config::{AemMap, AemOnly, AemProxy, AemScope, TrainConfig};
 use super::policy::Learner;
 use super::rollout::Rollouts;
 use super::TrainError;
@@ -27,11 +27,7 @@ use crate::cpu;
 use crate::head::{self, HeadConfig, HeadInputs};
 
 /// Base advantage of every turn (R = turns), in turn order.
-pub fn base_advantages(
-    ro: &Rollouts,
-    cfg: &TrainConfig,
-    res: &Resolved,
-) -> Result<Vec<f64>, TrainError> {
+pub fn base_advantages(ro: &Rollouts, cfg: &TrainConfig) -> Result<Vec<f64>, TrainError> {
     let traj_group: Vec<u32> = ro
         .trajs
         .iter()
@@ -39,13 +35,13 @@ pub fn base_advantages(
         .collect::<Result<_, _>>()
         .map_err(|_| TrainError::Config("too many groups".into()))?;
     let returns: Vec<f64> = ro.trajs.iter().map(|t| f64::from(t.reward)).collect();
-    match res.advantage {
-        AdvantageKind::Outcome(kind) => {
+    match cfg.algo.advantage.outcome() {
+        Some(kind) => {
             let traj_adv = advantage::outcome(kind, &traj_group, &returns, ro.n_groups)?;
             let step_traj: Vec<usize> = ro.turns.iter().map(|t| t.traj).collect();
             Ok(advantage::per_turn(&traj_adv, &step_traj)?)
         }
-        AdvantageKind::Gigpo => {
+        None => {
             // Steps must be in time order within each trajectory; turns are collected turn by
             // turn, so collection order is time order for every episode.
             let steps: Vec<Step> = ro
@@ -61,7 +57,7 @@ pub fn base_advantages(
                 omega: cfg.algo.gigpo_omega,
                 gamma: cfg.algo.gigpo_gamma,
                 step_std: cfg.algo.gigpo_step_std,
-                episode: res.gigpo_episode,
+                episode: cfg.algo.gigpo_episode.outcome(),
             };
             Ok(advantage::gigpo(
                 &traj_group,
@@ -319,7 +315,7 @@ pub struct UpdateStats {
 }
 
 /// The loss head configuration of this run.
-pub fn head_config(cfg: &TrainConfig, res: &Resolved) -> HeadConfig {
+pub fn head_config(cfg: &TrainConfig) -> HeadConfig {
     HeadConfig {
         temperature: cfg.rollout.temperature,
         lambda: cfg.algo.lambda,
@@ -329,7 +325,7 @@ pub fn head_config(cfg: &TrainConfig, res: &Resolved) -> HeadConfig {
         dual_clip: cfg.algo.dual_clip,
         entropy_coef: cfg.algo.entropy_coef,
         kl_coef: 0.0,
-        agg: res.agg,
+        agg: cfg.algo.agg,
         n_tok: None,
         n_resp: None,
         norm_const: cfg.algo.norm_const,

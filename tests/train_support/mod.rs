@@ -1,14 +1,15 @@
 //! Tiny trainer configs shared by the train_* tests (seconds at opt-level 1).
 #![allow(dead_code)]
 
+use aem::train::config::Backend;
 use aem::train::metrics::{StepRecord, TIMING_FIELDS};
 use aem::train::TrainConfig;
 
 /// A config that trains in about a second: a 1-layer d=16 model, 2 tasks × 4 rollouts.
 pub fn tiny(level: &str, ood: &str) -> TrainConfig {
     let mut c = TrainConfig::default();
-    c.env.level = level.into();
-    c.env.ood_level = ood.into();
+    c.env.level = level.parse().unwrap();
+    c.env.ood_level = ood.parse().unwrap();
     c.model.d_model = 16;
     c.model.layers = 1;
     c.model.heads = 2;
@@ -21,7 +22,7 @@ pub fn tiny(level: &str, ood: &str) -> TrainConfig {
     c.run.checkpoint_every = 2;
     c.optim.lr = 1e-3;
     // The CPU path whatever the machine (the default `auto` would take a GPU when present).
-    c.run.backend = "cpu".into();
+    c.run.backend = Backend::Cpu;
     c
 }
 
