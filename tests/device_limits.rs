@@ -8,11 +8,8 @@ use aem::device::emu::EmuDevice;
 use aem::device::limits::{static_smem, STATIC_SMEM};
 use aem::device::modules::MODULES;
 use aem::device::{Device, LaunchCfg, Limits};
-use aem::head::file::GradDtype;
-use aem::head::launch::{BackwardPlan, ForwardPlan, Plan, TokenStatsKernel};
-use aem::head::HeadConfig;
 use aem::Error;
-use common::{check_parity, problem, Spec};
+use common::check_row_cache_launch;
 
 fn cfg(grid: u32, block: u32, smem: u32) -> LaunchCfg {
     LaunchCfg { grid, block, smem }
@@ -143,22 +140,6 @@ fn the_row_cache_decision_counts_static_shared_memory() {
             "{v}: not with the static part"
         );
         let dev = Device::Emu(EmuDevice::new().unwrap().with_limits(limits));
-        let d = problem(
-            5,
-            Spec {
-                vocab: v,
-                responses: 2,
-                groups: 1,
-                max_len: 1,
-                ..Spec::default()
-            },
-        );
-        let plan = Plan {
-            forward: ForwardPlan::Unfused(TokenStatsKernel::V2),
-            backward: BackwardPlan::Fused { row_cache: true },
-            block: 256,
-            in_place: false,
-        };
-        check_parity(&dev, &d, &HeadConfig::default(), GradDtype::F16, &plan);
+        check_row_cache_launch(&dev, v);
     }
 }

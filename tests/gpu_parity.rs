@@ -8,7 +8,7 @@ use aem::device::Device;
 use aem::head::file::GradDtype;
 use aem::head::launch::{BackwardPlan, ForwardPlan, Plan, TokenStatsKernel};
 use aem::head::HeadConfig;
-use common::{check_parity, problem, Spec};
+use common::{check_parity, check_row_cache_launch, problem, Spec};
 
 fn gpu(test: &str) -> Option<Device> {
     match Device::cuda(0) {
@@ -132,21 +132,5 @@ fn gpu_static_smem_matches_the_table_and_the_row_cache_edge_launches() {
     let optin = u64::from(dev.limits().smem_optin);
     // The largest V whose row cache fits the opt-in maximum alone.
     let v = (optin / 16 * 16 / 2 - 8) as usize;
-    let d = problem(
-        5,
-        Spec {
-            vocab: v,
-            responses: 2,
-            groups: 1,
-            max_len: 1,
-            ..Spec::default()
-        },
-    );
-    let plan = Plan {
-        forward: ForwardPlan::Unfused(TokenStatsKernel::V2),
-        backward: BackwardPlan::Fused { row_cache: true },
-        block: 256,
-        in_place: false,
-    };
-    check_parity(&dev, &d, &HeadConfig::default(), GradDtype::F16, &plan);
+    check_row_cache_launch(&dev, v);
 }

@@ -13,6 +13,8 @@ pub mod nvrtc;
 pub use limits::Limits;
 
 use crate::error::{Error, Result};
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
 /// The kernel modules built from `kernels/*.cu` by build.rs.
@@ -449,17 +451,7 @@ pub struct LaunchCfg {
 /// Where a computation runs: the one backend choice of `aem head`, `aem model`, `aem train`,
 /// `aem eval`, the trainer's `run.backend` and the library (and, as [`Device::backend`], which
 /// executor a device is).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-    clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Backend {
     /// GPU 0 when one opens, else the CPU path.

@@ -65,6 +65,8 @@ pub mod keyrooms;
 pub mod tinyshop;
 pub mod vocab;
 
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
 use std::collections::{HashSet, VecDeque};
 
 use rand::SeedableRng;
@@ -139,17 +141,7 @@ pub trait Env: Send {
 
 /// Which validity mask [`Episode::valid_next`] applies (record it in a run's config:
 /// `env.mask`, `aem train --mask`).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-    clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum MaskMode {
     /// The action grammar only, whatever the state.

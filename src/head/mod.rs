@@ -5,7 +5,9 @@
 //! `R` responses, `G` groups.
 
 use crate::error::{Error, Result};
+use clap::ValueEnum;
 use half::f16;
+use serde::{Deserialize, Serialize};
 
 pub mod file;
 pub mod launch;
@@ -13,17 +15,7 @@ pub mod result;
 
 /// How per-token losses are weighted into the scalar loss (AEM.md §5); the value of
 /// `aem head --agg`, `aem train --agg` and `algo.agg`.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-    clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Aggregation {
     /// `w_t = 1 / N_tok`

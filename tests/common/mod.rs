@@ -292,3 +292,32 @@ pub fn check_parity(
     );
     got
 }
+
+/// The fused backward with the row cache requested, on a two-token batch of vocabulary `v`,
+/// against the reference: the launch whose shared-memory decision the limits tests probe.
+pub fn check_row_cache_launch(dev: &aem::device::Device, v: usize) {
+    use aem::head::launch::{BackwardPlan, ForwardPlan, Plan, TokenStatsKernel};
+    let d = problem(
+        5,
+        Spec {
+            vocab: v,
+            responses: 2,
+            groups: 1,
+            max_len: 1,
+            ..Spec::default()
+        },
+    );
+    let plan = Plan {
+        forward: ForwardPlan::Unfused(TokenStatsKernel::V2),
+        backward: BackwardPlan::Fused { row_cache: true },
+        block: 256,
+        in_place: false,
+    };
+    check_parity(
+        dev,
+        &d,
+        &aem::head::HeadConfig::default(),
+        aem::head::file::GradDtype::F16,
+        &plan,
+    );
+}
