@@ -57,9 +57,8 @@ pub struct CudaDevice {
     stream: Arc<CudaStream>,
     sm: (i32, i32),
     limits: Limits,
-    /// Which image each module was loaded from ("cubin sm_90", "ptx compute_90", "nvrtc", …).
-    loaded_from: Mutex<HashMap<&'static str, String>>,
-    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    /// Loaded modules and the image each came from ("cubin sm_90", "nvrtc compute_90", …).
+    modules: Mutex<HashMap<&'static str, (Arc<CudaModule>, String)>>,
     functions: Mutex<HashMap<&'static str, Arc<Func>>>,
     /// cuBLAS on `stream`, created at the first GEMM.
     blas: Mutex<Option<Arc<CudaBlas>>>,
@@ -98,7 +97,6 @@ impl CudaDevice {
             stream,
             sm,
             limits,
-            loaded_from: Mutex::new(HashMap::new()),
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
             blas: Mutex::new(None),
@@ -129,11 +127,11 @@ impl CudaDevice {
             name: kernel.into(),
         })?;
         Ok(self
-            .loaded_from
+            .modules
             .lock()
             .map_err(|_| drv("module cache poisoned"))?
             .get(m.name)
-            .cloned()
+            .map(|(_, from)| from.clone())
             .unwrap_or_default())
     }
 
@@ -247,7 +245,7 @@ impl CudaDevice {
             .modules
             .lock()
             .map_err(|_| drv("module cache poisoned"))?;
-        if let Some(module) = cache.get(m.name) {
+        if let Some((module, _)) = cache.get(m.name) {
             return Ok(module.clone());
         }
         let sm = format!("sm_{}{}", self.sm.0, self.sm.1);
@@ -277,7 +275,7 @@ impl CudaDevice {
         }
         for (what, image) in images {
             match self.ctx.load_module(image) {
-                Ok(module) => return self.cache_module(&mut cache, m, module, what),
+                Ok(module) => return Ok(cache_module(&mut cache, m, module, what)),
                 Err(e) => tried.push(format!("{what}: {e}")),
             }
         }
@@ -286,9 +284,12 @@ impl CudaDevice {
         let cap = u32::try_from(cap).map_err(drv)?;
         match super::nvrtc::compile(m, cap) {
             Ok(p) => match self.ctx.load_module(p) {
-                Ok(module) => {
-                    self.cache_module(&mut cache, m, module, format!("nvrtc compute_{cap}"))
-                }
+                Ok(module) => Ok(cache_module(
+                    &mut cache,
+                    m,
+                    module,
+                    format!("nvrtc compute_{cap}"),
+                )),
                 Err(e) => {
                     tried.push(format!("nvrtc: {e}"));
                     Err(drv(format!(
@@ -307,21 +308,6 @@ impl CudaDevice {
                 )))
             }
         }
-    }
-
-    fn cache_module(
-        &self,
-        cache: &mut HashMap<&'static str, Arc<CudaModule>>,
-        m: &'static Module,
-        module: Arc<CudaModule>,
-        from: String,
-    ) -> Result<Arc<CudaModule>> {
-        cache.insert(m.name, module.clone());
-        self.loaded_from
-            .lock()
-            .map_err(|_| drv("module cache poisoned"))?
-            .insert(m.name, from);
-        Ok(module)
     }
 
     fn function(&self, kernel: &'static str) -> Result<Arc<Func>> {
@@ -426,4 +412,15 @@ enum Val {
     U32(u32),
     F32(f32),
     Params(super::HeadParams),
+}
+
+/// Records a loaded module and the image it came from.
+fn cache_module(
+    cache: &mut HashMap<&'static str, (Arc<CudaModule>, String)>,
+    m: &'static Module,
+    module: Arc<CudaModule>,
+    from: String,
+) -> Arc<CudaModule> {
+    cache.insert(m.name, (module.clone(), from));
+    module
 }
