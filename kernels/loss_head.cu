@@ -33,9 +33,17 @@
 //   loss_reduce_v1         Σ_t w_t ℓ_t → one f32, single block, fixed strided order + fixed tree.
 //
 // Numerics shared by all versions:
-// - Softmax in base 2: u = x·(log2e/τ), m = max u, s = Σ 2^(u−m), su = Σ 2^(u−m)·(u−m);
-//   LSE = (m + log2 s)·ln2, H = (log2 s − su/s)·ln2 (shifted sums: no cancellation),
-//   logp = x_y/τ − LSE, E_z = LSE − H.
+// - Exact shift, then scale: m = max x in the logits' own units, d = (x − m)·c with
+//   c = log2e/τ, s = Σ 2^d, su = Σ 2^d·d. x − m of two f16 values is exact in f32 when
+//   x ≥ m/2 (Sterbenz) and otherwise rounded once relative to itself, so every exponent carries
+//   f32 rounding of its own size whatever the logits' magnitude; scaling first (u = x·c, then
+//   u − m) would lose ulp(max|u|) in every exponent — 0.5% in p and 10⁻³ in logp at
+//   |x| ≈ 6·10⁴. Then log2s = log2 s and
+//   LSE = m/τ + log2s·ln2, H = (log2s − su/s)·ln2 (shifted sums: no cancellation),
+//   logp = ((x_y − m)·c − log2s)·ln2 (never the difference of two large numbers).
+// - The backward needs p_v = 2^((x_v − m)·c − log2s) to the same precision, which the rounded
+//   LSE cannot give (ulp(LSE) at |LSE| ≈ 6·10⁴ is 0.004): the forward also writes the row's
+//   `shift` = m and `log2_sum` = log2s, and the backward reads those.
 // - A row is "bad" if logp, H or LSE is not finite (a NaN/±inf logit makes s or su NaN) or
 //   targets[t] ≥ V; bad rows are counted in bad_count and the smallest index kept in
 //   first_bad_row.
@@ -67,7 +75,8 @@
 // Online softmax state (base 2)
 // =============================================================================================
 
-// m = max u seen, s = Σ 2^(u−m), su = Σ 2^(u−m)·(u−m). Empty: s == 0, m = −inf.
+// m = max x seen (logit units), s = Σ 2^d, su = Σ 2^d·d with d = (x − m)·c, c = log2e/τ.
+// Empty: s == 0, m = −inf.
 struct AemSoftmaxState {
   float m, s, su;
 };
@@ -81,37 +90,38 @@ __device__ __forceinline__ AemSoftmaxState aem_sm_empty() {
 }
 
 // Move the state to a larger maximum new_m (> st.m).
-__device__ __forceinline__ void aem_sm_rescale(AemSoftmaxState& st, float new_m) {
+__device__ __forceinline__ void aem_sm_rescale(AemSoftmaxState& st, float new_m, float c) {
   if (st.s == 0.f) {  // empty: nothing to rescale (avoids −inf·0)
     st.m = new_m;
     return;
   }
-  const float d = st.m - new_m;
+  const float d = (st.m - new_m) * c;
   const float r = exp2f(d);
   st.su = r * fmaf(d, st.s, st.su);
   st.s = st.s * r;
   st.m = new_m;
 }
 
-// Add one value u ≤ st.m (a NaN u makes s NaN: the row is reported as bad).
-__device__ __forceinline__ void aem_sm_add(AemSoftmaxState& st, float u) {
-  const float d = u - st.m;
+// Add one logit x ≤ st.m (a NaN x makes s NaN: the row is reported as bad).
+__device__ __forceinline__ void aem_sm_add(AemSoftmaxState& st, float x, float c) {
+  const float d = (x - st.m) * c;
   const float e = exp2f(d);
   st.s += e;
   st.su = fmaf(e, d, st.su);
 }
 
-__device__ __forceinline__ void aem_sm_push(AemSoftmaxState& st, float u) {
-  if (u > st.m) aem_sm_rescale(st, u);
-  aem_sm_add(st, u);
+__device__ __forceinline__ void aem_sm_push(AemSoftmaxState& st, float x, float c) {
+  if (x > st.m) aem_sm_rescale(st, x, c);
+  aem_sm_add(st, x, c);
 }
 
 // Merge b into a. Not symmetric in rounding; callers always pass the lower-indexed part first.
-__device__ __forceinline__ AemSoftmaxState aem_sm_merge(AemSoftmaxState a, AemSoftmaxState b) {
+__device__ __forceinline__ AemSoftmaxState aem_sm_merge(AemSoftmaxState a, AemSoftmaxState b,
+                                                     float c) {
   if (b.s == 0.f) return a;
   if (a.s == 0.f) return b;
   const float M = fmaxf(a.m, b.m);
-  const float da = a.m - M, db = b.m - M;
+  const float da = (a.m - M) * c, db = (b.m - M) * c;
   const float ra = exp2f(da), rb = exp2f(db);
   AemSoftmaxState r;
   r.m = M;
@@ -121,25 +131,25 @@ __device__ __forceinline__ AemSoftmaxState aem_sm_merge(AemSoftmaxState a, AemSo
 }
 
 // Fixed shuffle-down tree; the result is in lane 0.
-__device__ __forceinline__ AemSoftmaxState aem_sm_warp_reduce(AemSoftmaxState st) {
+__device__ __forceinline__ AemSoftmaxState aem_sm_warp_reduce(AemSoftmaxState st, float c) {
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) {
     AemSoftmaxState o;
     o.m = __shfl_down_sync(AEM_FULL_MASK, st.m, off);
     o.s = __shfl_down_sync(AEM_FULL_MASK, st.s, off);
     o.su = __shfl_down_sync(AEM_FULL_MASK, st.su, off);
-    st = aem_sm_merge(st, o);  // lanes ≥ 32−off merge junk; only lane 0's result is used
+    st = aem_sm_merge(st, o, c);  // lanes ≥ 32−off merge junk; only lane 0's result is used
   }
   return st;
 }
 
 // Block merge, returned to every thread: warp trees, then warp 0 merges the warp results in warp
 // order. All threads of the block must call it.
-__device__ __forceinline__ AemSoftmaxState aem_sm_block_reduce(AemSoftmaxState st) {
+__device__ __forceinline__ AemSoftmaxState aem_sm_block_reduce(AemSoftmaxState st, float c) {
   __shared__ float part_m[32], part_s[32], part_su[32];
   __shared__ float res_m, res_s, res_su;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-  st = aem_sm_warp_reduce(st);
+  st = aem_sm_warp_reduce(st, c);
   if (lane == 0) {
     part_m[warp] = st.m;
     part_s[warp] = st.s;
@@ -153,7 +163,7 @@ __device__ __forceinline__ AemSoftmaxState aem_sm_block_reduce(AemSoftmaxState s
       w.s = part_s[lane];
       w.su = part_su[lane];
     }
-    w = aem_sm_warp_reduce(w);
+    w = aem_sm_warp_reduce(w, c);
     if (lane == 0) {
       res_m = w.m;
       res_s = w.s;
@@ -202,7 +212,7 @@ __device__ __forceinline__ AemSoftmaxState aem_row_partial(const __half* row, in
   if (tid < sp.head) {
     const __half h = row[tid];
     if (CACHE) cache[sp.mis + tid] = h;
-    aem_sm_push(st, aem_h2f(h) * c);
+    aem_sm_push(st, aem_h2f(h), c);
   }
   const AemHalf8* vec = reinterpret_cast<const AemHalf8*>(row + sp.head);
   AemHalf8* cvec = CACHE ? reinterpret_cast<AemHalf8*>(cache + sp.mis + sp.head) : nullptr;
@@ -213,34 +223,37 @@ __device__ __forceinline__ AemSoftmaxState aem_row_partial(const __half* row, in
     float cm = -AEM_INFINITY;
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      u[k] = aem_h2f(x.h[k]) * c;
+      u[k] = aem_h2f(x.h[k]);
       cm = fmaxf(cm, u[k]);
     }
-    if (cm > st.m) aem_sm_rescale(st, cm);  // once per vector, not per element
+    if (cm > st.m) aem_sm_rescale(st, cm, c);  // once per vector, not per element
 #pragma unroll
-    for (int k = 0; k < 8; ++k) aem_sm_add(st, u[k]);
+    for (int k = 0; k < 8; ++k) aem_sm_add(st, u[k], c);
   }
   const int e = sp.tail_start + tid;
   if (e < V) {
     const __half h = row[e];
     if (CACHE) cache[sp.mis + e] = h;
-    aem_sm_push(st, aem_h2f(h) * c);
+    aem_sm_push(st, aem_h2f(h), c);
   }
   return st;
 }
 
 struct AemRowStats {
   float logp, entropy, lse;
+  float shift, log2_sum;  // m and log2 s: what the backward needs (see the file header)
 };
 
-// x_y = logits[t, y] (NaN when y ≥ V).
-__device__ __forceinline__ AemRowStats aem_row_finalize(AemSoftmaxState st, float x_y,
+// x_y = logits[t, y] (NaN when y ≥ V); c = log2e/τ.
+__device__ __forceinline__ AemRowStats aem_row_finalize(AemSoftmaxState st, float x_y, float c,
                                                         float inv_t) {
   const float log2s = log2f(st.s);
   AemRowStats r;
-  r.lse = (st.m + log2s) * AEM_LN2;
+  r.lse = fmaf(log2s, AEM_LN2, st.m * inv_t);
   r.entropy = (log2s - st.su / st.s) * AEM_LN2;
-  r.logp = x_y * inv_t - r.lse;
+  r.logp = ((x_y - st.m) * c - log2s) * AEM_LN2;
+  r.shift = st.m;
+  r.log2_sum = log2s;
   return r;
 }
 
@@ -249,14 +262,17 @@ __device__ __forceinline__ float aem_target_logit(const __half* row, unsigned in
   return y < (unsigned int)V ? aem_h2f(row[y]) : aem_uint_as_float(0x7fc00000u);
 }
 
-// Writes one row's stats; counts it if bad. Called by one thread per row.
+// Writes one row's stats (shift and log2_sum only where given); counts it if bad. Called by
+// one thread per row.
 __device__ __forceinline__ void aem_write_row_stats(long long t, AemRowStats r, float* logp,
-                                                    float* entropy, float* lse,
-                                                    unsigned int* bad_count,
+                                                    float* entropy, float* lse, float* shift,
+                                                    float* log2_sum, unsigned int* bad_count,
                                                     unsigned int* first_bad_row) {
   logp[t] = r.logp;
   entropy[t] = r.entropy;
   lse[t] = r.lse;
+  if (shift != nullptr) shift[t] = r.shift;
+  if (log2_sum != nullptr) log2_sum[t] = r.log2_sum;
   if (!(aem_isfinite(r.logp) && aem_isfinite(r.entropy) && aem_isfinite(r.lse))) {
     atomicAdd(bad_count, 1u);
     atomicMin(first_bad_row, (unsigned int)t);
@@ -270,8 +286,8 @@ __device__ __forceinline__ AemRowStats aem_row_stats_block(const __half* row, un
   const float x_y = aem_target_logit(row, y, V);  // read before any in-place write of the row
   const float c = inv_t * AEM_LOG2E;
   AemSoftmaxState st = aem_row_partial<CACHE>(row, V, c, threadIdx.x, blockDim.x, cache);
-  st = aem_sm_block_reduce(st);
-  return aem_row_finalize(st, x_y, inv_t);
+  st = aem_sm_block_reduce(st, c);
+  return aem_row_finalize(st, x_y, c, inv_t);
 }
 
 // =============================================================================================
@@ -284,6 +300,8 @@ __device__ __forceinline__ AemRowStats aem_row_stats_block(const __half* row, un
 //   logp          (T) f32 out: z[y] − LSE
 //   entropy       (T) f32 out: LSE − Σ p z
 //   lse           (T) f32 out: log Σ exp z
+//   shift         (T) f32 out: max_v x_v (logit units), for the backward
+//   log2_sum      (T) f32 out: log2 Σ_v 2^((x_v − shift)·log2e/τ), for the backward
 //   bad_count     (1) u32 in/out: += rows with a non-finite stat or targets ≥ V (launcher: 0)
 //   first_bad_row (1) u32 in/out: min bad row index (launcher: 0xFFFFFFFF)
 //   p             AemHeadParams (uses inv_temperature)
@@ -292,37 +310,41 @@ __device__ __forceinline__ AemRowStats aem_row_stats_block(const __half* row, un
 extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
     token_stats_f16_v1(const __half* __restrict__ logits, const unsigned int* __restrict__ targets,
                        int T, int V, float* __restrict__ logp, float* __restrict__ entropy,
-                       float* __restrict__ lse, unsigned int* bad_count,
+                       float* __restrict__ lse, float* __restrict__ shift,
+                       float* __restrict__ log2_sum, unsigned int* bad_count,
                        unsigned int* first_bad_row, AemHeadParams p) {
   const long long t = aem_global_tid();
   if (t >= T) return;
   const __half* row = logits + aem_row_offset(t, V);
   const float c = p.inv_temperature * AEM_LOG2E;
   AemSoftmaxState st = aem_sm_empty();
-  for (int v = 0; v < V; ++v) aem_sm_push(st, aem_h2f(row[v]) * c);
+  for (int v = 0; v < V; ++v) aem_sm_push(st, aem_h2f(row[v]), c);
   const AemRowStats r =
-      aem_row_finalize(st, aem_target_logit(row, targets[t], V), p.inv_temperature);
-  aem_write_row_stats(t, r, logp, entropy, lse, bad_count, first_bad_row);
+      aem_row_finalize(st, aem_target_logit(row, targets[t], V), c, p.inv_temperature);
+  aem_write_row_stats(t, r, logp, entropy, lse, shift, log2_sum, bad_count, first_bad_row);
 }
 
 // v2 — grid T, one block per row.
 extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
     token_stats_f16_v2(const __half* __restrict__ logits, const unsigned int* __restrict__ targets,
                        int T, int V, float* __restrict__ logp, float* __restrict__ entropy,
-                       float* __restrict__ lse, unsigned int* bad_count,
+                       float* __restrict__ lse, float* __restrict__ shift,
+                       float* __restrict__ log2_sum, unsigned int* bad_count,
                        unsigned int* first_bad_row, AemHeadParams p) {
   const long long t = blockIdx.x;
   if (t >= T) return;  // uniform over the block
   const __half* row = logits + aem_row_offset(t, V);
   const AemRowStats r = aem_row_stats_block<false>(row, targets[t], V, p.inv_temperature, nullptr);
-  if (threadIdx.x == 0) aem_write_row_stats(t, r, logp, entropy, lse, bad_count, first_bad_row);
+  if (threadIdx.x == 0)
+    aem_write_row_stats(t, r, logp, entropy, lse, shift, log2_sum, bad_count, first_bad_row);
 }
 
 // v3 — grid ceil(T / (blockDim.x/32)), one warp per row (row = block's first row + warp index).
 extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
     token_stats_f16_v3(const __half* __restrict__ logits, const unsigned int* __restrict__ targets,
                        int T, int V, float* __restrict__ logp, float* __restrict__ entropy,
-                       float* __restrict__ lse, unsigned int* bad_count,
+                       float* __restrict__ lse, float* __restrict__ shift,
+                       float* __restrict__ log2_sum, unsigned int* bad_count,
                        unsigned int* first_bad_row, AemHeadParams p) {
   const int lane = threadIdx.x & 31;
   const long long t = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -330,11 +352,11 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
   const __half* row = logits + aem_row_offset(t, V);
   const float c = p.inv_temperature * AEM_LOG2E;
   AemSoftmaxState st = aem_row_partial<false>(row, V, c, lane, 32, nullptr);
-  st = aem_sm_warp_reduce(st);
+  st = aem_sm_warp_reduce(st, c);
   if (lane == 0) {
     const AemRowStats r =
-        aem_row_finalize(st, aem_target_logit(row, targets[t], V), p.inv_temperature);
-    aem_write_row_stats(t, r, logp, entropy, lse, bad_count, first_bad_row);
+        aem_row_finalize(st, aem_target_logit(row, targets[t], V), c, p.inv_temperature);
+    aem_write_row_stats(t, r, logp, entropy, lse, shift, log2_sum, bad_count, first_bad_row);
   }
 }
 
@@ -450,7 +472,7 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
 //   grp_offsets   (G+1) u32, grp_members (R) u32 (CSR, increasing response index per group)
 //   adv_base      (R) f32
 //   T, V          i32 counts
-//   logp, entropy, lse           (T) f32 out (as token_stats)
+//   logp, entropy, lse, shift, log2_sum   (T) f32 out (as token_stats)
 //   surprisal, mean_entropy      (R) f32 out (as resp_stats_v1)
 //   alpha, adv                   (R) f32 out (as aem_alpha_v1)
 //   resp_done     (R) u32 workspace, zero at launch (left zero at exit)
@@ -468,7 +490,8 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
                      const unsigned int* __restrict__ grp_offsets,
                      const unsigned int* __restrict__ grp_members,
                      const float* __restrict__ adv_base, int T, int V, float* logp,
-                     float* entropy, float* lse, float* surprisal, float* mean_entropy,
+                     float* entropy, float* lse, float* shift, float* log2_sum,
+                     float* surprisal, float* mean_entropy,
                      float* alpha, float* adv, unsigned int* resp_done, unsigned int* grp_done,
                      unsigned int* bad_count, unsigned int* first_bad_row, AemHeadParams p) {
   const long long t = blockIdx.x;
@@ -477,7 +500,7 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
   const AemRowStats rs = aem_row_stats_block<false>(row, targets[t], V, p.inv_temperature, nullptr);
   if (threadIdx.x != 0) return;
 
-  aem_write_row_stats(t, rs, logp, entropy, lse, bad_count, first_bad_row);
+  aem_write_row_stats(t, rs, logp, entropy, lse, shift, log2_sum, bad_count, first_bad_row);
   const int r = row_resp[t];
   if (r < 0) return;
   __threadfence();  // this row's logp/entropy visible before the counter says so
@@ -551,22 +574,24 @@ __device__ __forceinline__ AemTokenLoss aem_token_loss(float A, float logp, floa
   return o;
 }
 
-// Per-row constants of the gradient stream, in base-2 units.
+// Per-row constants of the gradient stream, in shifted base-2 units u = (x − m)·c.
 struct AemGradCoef {
-  float c;    // log2e/τ: u = x·c
-  float L2;   // LSE·log2e: p_v = 2^(u − L2)
-  float E2;   // E_z·log2e = (LSE − H)·log2e
+  float c;    // log2e/τ
+  float m;    // the forward's shift (max x)
+  float L2;   // log2 s: p_v = 2^(u − L2)
+  float E2;   // (E_z − m/τ)·log2e = log2 s − H·log2e
   float S;    // s·w_t/τ
   float g;    // g_t
   float bh;   // β_H·ln2: β_H p (z − E_z) = bh·p·(u − E2)
 };
 
-__device__ __forceinline__ AemGradCoef aem_grad_coef(float lse, float H, float g, unsigned int len,
-                                                     const AemHeadParams& p) {
+__device__ __forceinline__ AemGradCoef aem_grad_coef(float shift, float log2_sum, float H, float g,
+                                                     unsigned int len, const AemHeadParams& p) {
   AemGradCoef k;
   k.c = p.inv_temperature * AEM_LOG2E;
-  k.L2 = lse * AEM_LOG2E;
-  k.E2 = (lse - H) * AEM_LOG2E;
+  k.m = shift;
+  k.L2 = log2_sum;
+  k.E2 = log2_sum - H * AEM_LOG2E;
   k.S = p.grad_scale * aem_row_weight(len, p) * p.inv_temperature;
   k.g = g;
   k.bh = p.entropy_coef * AEM_LN2;
@@ -576,7 +601,7 @@ __device__ __forceinline__ AemGradCoef aem_grad_coef(float lse, float H, float g
 // dlogits[t, e] = S·( g·(1[e=y] − p) + β_H·p·(z − E_z) ); the target entry's (1 − p) is formed
 // in f32 here and written once.
 __device__ __forceinline__ float aem_grad_elem(float x, int e, int y, const AemGradCoef& k) {
-  const float u = x * k.c;
+  const float u = (x - k.m) * k.c;
   const float pv = exp2f(u - k.L2);
   const float onehot_minus_p = (e == y) ? 1.f - pv : -pv;
   return k.S * (k.g * onehot_minus_p + k.bh * pv * (u - k.E2));
@@ -689,7 +714,7 @@ __device__ __forceinline__ void aem_zero_row(OutT* out, int V, int tid, int nt) 
 //   row_resp    (T) i32: owning response or −1
 //   resp_len    (R) u32
 //   adv         (R) f32: α-rescaled advantage A_r
-//   logp, entropy, lse  (T) f32: from the forward (token_stats / loss_head_fwd)
+//   logp, entropy, shift, log2_sum  (T) f32: from the forward (token_stats / loss_head_fwd)
 //   old_logp    (T) f32, or NULL when p.has_old_logp == 0 (on-policy: old = logp)
 //   ref_logp    (T) f32, or NULL when p.kl_coef == 0
 //   T, V        i32 counts
@@ -702,7 +727,7 @@ template <typename OutT>
 __device__ __forceinline__ void aem_policy_grad_impl(
     const __half* logits, const unsigned int* targets, const int* row_resp,
     const unsigned int* resp_len, const float* adv, const float* logp, const float* entropy,
-    const float* lse, const float* old_logp, const float* ref_logp, int T, int V, OutT* dlogits,
+    const float* shift, const float* log2_sum, const float* old_logp, const float* ref_logp, int T, int V, OutT* dlogits,
     float* token_loss, unsigned int* grad_bad, const AemHeadParams& p) {
   const long long t = blockIdx.x;
   if (t >= T) return;  // uniform over the block
@@ -719,7 +744,7 @@ __device__ __forceinline__ void aem_policy_grad_impl(
   const float ref = p.kl_coef != 0.f ? ref_logp[t] : 0.f;
   const AemTokenLoss tl = aem_token_loss(adv[r], lp, h, old, ref, p);
   if (threadIdx.x == 0) token_loss[t] = tl.loss;
-  const AemGradCoef k = aem_grad_coef(lse[t], h, tl.g, resp_len[r], p);
+  const AemGradCoef k = aem_grad_coef(shift[t], log2_sum[t], h, tl.g, resp_len[r], p);
   const unsigned bad = aem_grad_row<OutT, false>(logits + aem_row_offset(t, V), nullptr, out, V,
                                                  targets[t], k, threadIdx.x, blockDim.x);
   aem_count_grad_bad(bad, t, grad_bad);
@@ -729,24 +754,24 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
     policy_grad_f16_v1(const __half* logits, const unsigned int* __restrict__ targets,
                        const int* __restrict__ row_resp, const unsigned int* __restrict__ resp_len,
                        const float* __restrict__ adv, const float* __restrict__ logp,
-                       const float* __restrict__ entropy, const float* __restrict__ lse,
-                       const float* __restrict__ old_logp, const float* __restrict__ ref_logp,
+                       const float* __restrict__ entropy, const float* __restrict__ shift,
+                       const float* __restrict__ log2_sum, const float* __restrict__ old_logp, const float* __restrict__ ref_logp,
                        int T, int V, __half* dlogits, float* __restrict__ token_loss,
                        unsigned int* grad_bad, AemHeadParams p) {
-  aem_policy_grad_impl<__half>(logits, targets, row_resp, resp_len, adv, logp, entropy, lse,
-                               old_logp, ref_logp, T, V, dlogits, token_loss, grad_bad, p);
+  aem_policy_grad_impl<__half>(logits, targets, row_resp, resp_len, adv, logp, entropy, shift,
+                               log2_sum, old_logp, ref_logp, T, V, dlogits, token_loss, grad_bad, p);
 }
 
 extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
     policy_grad_f32_v1(const __half* __restrict__ logits, const unsigned int* __restrict__ targets,
                        const int* __restrict__ row_resp, const unsigned int* __restrict__ resp_len,
                        const float* __restrict__ adv, const float* __restrict__ logp,
-                       const float* __restrict__ entropy, const float* __restrict__ lse,
-                       const float* __restrict__ old_logp, const float* __restrict__ ref_logp,
+                       const float* __restrict__ entropy, const float* __restrict__ shift,
+                       const float* __restrict__ log2_sum, const float* __restrict__ old_logp, const float* __restrict__ ref_logp,
                        int T, int V, float* __restrict__ dlogits, float* __restrict__ token_loss,
                        unsigned int* grad_bad, AemHeadParams p) {
-  aem_policy_grad_impl<float>(logits, targets, row_resp, resp_len, adv, logp, entropy, lse,
-                              old_logp, ref_logp, T, V, dlogits, token_loss, grad_bad, p);
+  aem_policy_grad_impl<float>(logits, targets, row_resp, resp_len, adv, logp, entropy, shift,
+                              log2_sum, old_logp, ref_logp, T, V, dlogits, token_loss, grad_bad, p);
 }
 
 // =============================================================================================
@@ -787,7 +812,8 @@ __device__ __forceinline__ void aem_fused_impl(
   const AemRowStats rs = cached
                              ? aem_row_stats_block<true>(row, y, V, p.inv_temperature, cache)
                              : aem_row_stats_block<false>(row, y, V, p.inv_temperature, nullptr);
-  if (threadIdx.x == 0) aem_write_row_stats(t, rs, logp, entropy, lse, bad_count, first_bad_row);
+  if (threadIdx.x == 0)
+    aem_write_row_stats(t, rs, logp, entropy, lse, nullptr, nullptr, bad_count, first_bad_row);
 
   const int r = row_resp[t];
   OutT* out = dlogits + aem_row_offset(t, V);
@@ -800,7 +826,7 @@ __device__ __forceinline__ void aem_fused_impl(
   const float ref = p.kl_coef != 0.f ? ref_logp[t] : 0.f;
   const AemTokenLoss tl = aem_token_loss(adv[r], rs.logp, rs.entropy, old, ref, p);
   if (threadIdx.x == 0) token_loss[t] = tl.loss;
-  const AemGradCoef k = aem_grad_coef(rs.lse, rs.entropy, tl.g, resp_len[r], p);
+  const AemGradCoef k = aem_grad_coef(rs.shift, rs.log2_sum, rs.entropy, tl.g, resp_len[r], p);
   const unsigned bad =
       cached ? aem_grad_row<OutT, true>(row, cache, out, V, y, k, threadIdx.x, blockDim.x)
              : aem_grad_row<OutT, false>(row, nullptr, out, V, y, k, threadIdx.x, blockDim.x);

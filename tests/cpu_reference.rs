@@ -17,14 +17,20 @@ fn h(x: f32) -> f16 {
 fn token_stats_hand_case() {
     // z = [0, ln 2, ln 3] (exact in f64 up to f16 rounding of the inputs): p = [1,2,3]/6.
     let row: Vec<f64> = vec![0.0, 2f64.ln(), 3f64.ln()];
-    let (logp, ent, lse) = cpu::row_stats::<f64, f64>(&row, 1, 1.0);
+    let cpu::RowStats {
+        logp,
+        entropy: ent,
+        lse,
+        ..
+    } = cpu::row_stats::<f64, f64>(&row, 1, 1.0);
     assert_relative_eq!(lse, 6f64.ln(), epsilon = 1e-14);
     assert_relative_eq!(logp, (2.0f64 / 6.0).ln(), epsilon = 1e-14);
     let p = [1.0 / 6.0, 2.0 / 6.0, 3.0 / 6.0f64];
     let want: f64 = -p.iter().map(|q| q * q.ln()).sum::<f64>();
     assert_relative_eq!(ent, want, epsilon = 1e-14);
     // Temperature 2 halves z: p ∝ [1, √2, √3].
-    let (_, ent2, lse2) = cpu::row_stats::<f64, f64>(&row, 0, 0.5);
+    let r2 = cpu::row_stats::<f64, f64>(&row, 0, 0.5);
+    let (ent2, lse2) = (r2.entropy, r2.lse);
     let q: Vec<f64> = [1.0, 2f64.sqrt(), 3f64.sqrt()].to_vec();
     let zsum: f64 = q.iter().sum();
     assert_relative_eq!(lse2, zsum.ln(), epsilon = 1e-14);
@@ -34,15 +40,19 @@ fn token_stats_hand_case() {
 
 #[test]
 fn token_stats_extreme_logits_do_not_cancel() {
-    // A large common offset must not change entropy (the shifted formula avoids LSE − E[z]).
+    // A large common offset changes neither entropy nor logp, even in f32: the row is shifted
+    // by its max in the logits' own units (exact here) before it is scaled, and logp is not
+    // the difference of two large numbers.
     let base = [0.0f32, 1.0, -2.0, 0.5];
     let shifted: Vec<f32> = base.iter().map(|x| x + 60000.0).collect();
-    let (_, e0, _) = cpu::row_stats::<f32, f32>(&base, 0, 1.0);
-    let (_, e1, _) = cpu::row_stats::<f32, f32>(&shifted, 0, 1.0);
-    assert!((e0 - e1).abs() < 1e-3, "{e0} vs {e1}");
+    let r0 = cpu::row_stats::<f32, f32>(&base, 2, 1.0);
+    let r1 = cpu::row_stats::<f32, f32>(&shifted, 2, 1.0);
+    assert_eq!((r0.entropy, r0.logp), (r1.entropy, r1.logp));
+    assert_eq!((r0.shift, r1.shift), (1.0, 60001.0));
+    assert_eq!(r0.log_sum, r1.log_sum);
     // A single-column row: p = 1, entropy 0, logp 0.
-    let (lp, e, lse) = cpu::row_stats::<f64, f16>(&[h(7.5)], 0, 1.0);
-    assert_eq!((lp, e, lse), (0.0, 0.0, 7.5));
+    let r = cpu::row_stats::<f64, f16>(&[h(7.5)], 0, 1.0);
+    assert_eq!((r.logp, r.entropy, r.lse), (0.0, 0.0, 7.5));
 }
 
 /// One-column logits with the given responses (token stats are supplied by hand).
@@ -77,8 +87,7 @@ fn resp_stats_and_alpha_hand_case() {
     let inp = inputs_for(&logits, &targets, (&starts, &lens, &groups), 1, &adv);
     let ts = cpu::TokenStats {
         logp: vec![-1.0, -2.0, -0.5, -0.25, -0.5, -1.0f64],
-        entropy: vec![0.0, 1.0, 0.25, 1.0, 1.5, 2.0],
-        lse: vec![0.0; 6],
+        ..cpu::TokenStats::from_entropy(vec![0.0, 1.0, 0.25, 1.0, 1.5, 2.0])
     };
     let rs = cpu::resp_stats(&inp, &ts);
     assert_eq!(rs.surprisal, vec![3.0, 0.5, 1.75]);

@@ -330,3 +330,142 @@ fn device_errors_are_typed() {
         .unwrap_err();
     assert!(matches!(e, aem::Error::KernelMissing { .. }), "{e}");
 }
+
+/// Logits of f16's whole range: each row is `B + σ·N(0, 1)` rounded to f16 and clamped to
+/// ±65,504, for an offset `B`, a spread `σ` and a temperature `τ` that keep the softmax
+/// non-trivial (case 0 is a control at B = 0; the ±65,504 cases are near one-hot).
+fn extreme(seed: u64, vocab: usize, b: f32, sigma: f32) -> HeadData {
+    use rand::{Rng, SeedableRng};
+    let mut d = problem(
+        seed,
+        Spec {
+            vocab,
+            responses: 7,
+            groups: 2,
+            max_len: 4,
+            ..Spec::default()
+        },
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xE7);
+    for x in d.logits.iter_mut() {
+        // Box–Muller: the crate's rand has no normal distribution without rand_distr.
+        let (u1, u2): (f32, f32) = (rng.random_range(1e-7..1.0), rng.random());
+        let n = (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos();
+        *x = half::f16::from_f32((b + sigma * n).clamp(-65504.0, 65504.0));
+    }
+    // One row reaches the f16 extreme itself.
+    if b.abs() > 60000.0 {
+        d.logits[vocab / 2] = half::f16::from_f32(65504.0f32.copysign(b));
+    }
+    // Targets as a sampler picks them: among each row's three largest logits. (A target far
+    // below the max has logp ≈ −(x_max − x_y)/τ, whose f32 rounding then enters ρ = exp(logp −
+    // old) for any f32 implementation — a property of the target, not of the head.)
+    for (t, y) in d.targets.iter_mut().enumerate() {
+        let row = &d.logits[t * vocab..(t + 1) * vocab];
+        let mut idx: Vec<usize> = (0..vocab).collect();
+        idx.sort_by(|&i, &j| row[j].total_cmp(&row[i]));
+        *y = idx[t % 3] as u32;
+    }
+    d
+}
+
+/// `|got − want| ≤ rtol·|want| + atol`, elementwise, with no term that grows with the logits.
+fn plainly_close(name: &str, got: &[f64], want: &[f64], rtol: f64, atol: f64, ctx: &str) {
+    assert_eq!(got.len(), want.len(), "{name}: length ({ctx})");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= rtol * w.abs() + atol,
+            "{name}[{i}] ({ctx}): {g:e} vs reference {w:e} (rel. error {:e})",
+            (g - w).abs() / w.abs()
+        );
+    }
+}
+
+/// Exact-shift numerics: at any logit magnitude, every kernel plan (and the reference's own
+/// f32 path) is within a fixed relative tolerance of the f64 reference — the per-row stats to
+/// 10⁻⁵ plus 10⁻⁶ absolute (logp and H can be 0), dlogits to 10⁻⁵ plus 10⁻⁶ of the largest
+/// gradient entry (f32), or to f16 rounding (f16 output). Scaling before shifting fails this
+/// at |x| ≈ 6·10⁴: the exponents lose ulp(max|x|/τ).
+#[test]
+fn parity_at_f16_extremes_with_plain_relative_tolerance() {
+    let dev = emu();
+    // (offset B, spread σ, τ)
+    let cases = [
+        (0.0f32, 3.0f32, 1.0f32),
+        (60000.0, 256.0, 64.0),
+        (-60000.0, 256.0, 64.0),
+        (65000.0, 200.0, 1.0),
+        (-65000.0, 200.0, 16.0),
+        (1000.0, 2.0, 0.25),
+        (30000.0, 64.0, 8.0),
+    ];
+    let f64s = |x: &[f32]| x.iter().map(|&v| f64::from(v)).collect::<Vec<_>>();
+    for (i, &(b, sigma, tau)) in cases.iter().enumerate() {
+        let d = extreme(100 + i as u64, 263, b, sigma);
+        let cfg = HeadConfig {
+            temperature: tau,
+            entropy_coef: 0.01,
+            ..HeadConfig::default()
+        };
+        // Old log-probs near the current ones (ratios stay inside the clip: g ≠ 0).
+        let mut d = d;
+        let lp = aem::cpu::token_stats_of::<f64, half::f16>(&d.logits, d.vocab, &d.targets, tau);
+        d.old_logp = Some(
+            lp.logp
+                .iter()
+                .enumerate()
+                .map(|(t, l)| (l + 0.01 * ((t % 5) as f64 - 2.0)) as f32)
+                .collect(),
+        );
+        d.ref_logp = None;
+        let inp = d.inputs();
+        let want = aem::cpu::loss_head::<f64, f64>(&inp, &cfg).unwrap();
+        let gmax = want.dlogits.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        let check_stats = |logp: &[f64], ent: &[f64], lse: &[f64], ctx: &str| {
+            plainly_close("logp", logp, &want.fwd.tokens.logp, 1e-5, 1e-5, ctx);
+            plainly_close("entropy", ent, &want.fwd.tokens.entropy, 1e-5, 1e-5, ctx);
+            plainly_close("lse", lse, &want.fwd.tokens.lse, 1e-5, 1e-5, ctx);
+        };
+        let ctx = format!("B={b} σ={sigma} τ={tau}");
+        // The reference's f32 path.
+        let r32 = aem::cpu::loss_head::<f32, f32>(&inp, &cfg).unwrap();
+        let c = |x: &[f32]| f64s(x);
+        check_stats(
+            &c(&r32.fwd.tokens.logp),
+            &c(&r32.fwd.tokens.entropy),
+            &c(&r32.fwd.tokens.lse),
+            &format!("{ctx} cpu f32"),
+        );
+        plainly_close(
+            "dlogits",
+            &c(&r32.dlogits),
+            &want.dlogits,
+            1e-5,
+            1e-6 * gmax,
+            &format!("{ctx} cpu f32"),
+        );
+        for plan in Plan::all(&[64]) {
+            for dtype in [GradDtype::F32, GradDtype::F16] {
+                let ctx = format!("{ctx} {dtype:?} {plan:?}");
+                let got = launch::loss_head(&dev, &inp, &cfg, dtype, &plan)
+                    .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                check_stats(&c(&got.logp), &c(&got.entropy), &c(&got.lse), &ctx);
+                match &got.dlogits {
+                    GradOut::F32(g) => {
+                        plainly_close("dlogits", &c(g), &want.dlogits, 1e-5, 1e-6 * gmax, &ctx)
+                    }
+                    // f16 rounding of an f32 value that is itself within 10⁻⁵: half an f16
+                    // ulp relative (2⁻¹¹) and half the smallest subnormal (2⁻²⁵) absolute.
+                    GradOut::F16(g) => plainly_close(
+                        "dlogits",
+                        &g.iter().map(|x| f64::from(x.to_f32())).collect::<Vec<_>>(),
+                        &want.dlogits,
+                        2f64.powi(-11) + 1e-5,
+                        2f64.powi(-25) * 1.01,
+                        &ctx,
+                    ),
+                }
+            }
+        }
+    }
+}

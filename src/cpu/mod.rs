@@ -90,29 +90,50 @@ pub struct TokenStats<F> {
     pub entropy: Vec<F>,
     /// lse: (T) — `log Σ exp z`.
     pub lse: Vec<F>,
+    /// shift: (T) — `m = max_v x_v`, in the logits' own units.
+    pub shift: Vec<F>,
+    /// log_sum: (T) — `log Σ_v exp((x_v − m)/τ)`, so `LSE = m/τ + log_sum` without its rounding.
+    pub log_sum: Vec<F>,
 }
 
-/// Statistics of one row, `z = x / τ` (multiplied by `1/τ`, as the kernels do).
-/// Entropy is computed from shifted values, `H = log s − Σ e·(z − m) / s` with
-/// `e = exp(z − m)`, which avoids the cancellation of `LSE − E[z]` when `|m|` is large.
-pub fn row_stats<F: Real, X: Logit>(row: &[X], target: usize, inv_t: F) -> (F, F, F) {
-    let z = |x: &X| F::of(x.to_f64()) * inv_t;
-    let m = row.iter().map(z).fold(F::neg_infinity(), F::max);
+/// Statistics of one row (AEM.md §1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowStats<F> {
+    pub logp: F,
+    pub entropy: F,
+    pub lse: F,
+    /// `m = max x` (logit units) and `log Σ exp((x − m)/τ)`: what the gradient needs.
+    pub shift: F,
+    pub log_sum: F,
+}
+
+/// Statistics of one row, `z = x / τ`. Shifted in the logits' own units first, then scaled:
+/// `d = (x − m)·(1/τ)` with `m = max x`, so every exponent carries `F`'s rounding of its own
+/// size whatever `|x|` (scaling first, `x/τ − max z`, would lose ulp(max|z|) in each). Entropy
+/// is `H = log s − Σ e·d / s` with `e = exp d` (no cancellation of `LSE − E[z]`), and
+/// `logp = (x_y − m)/τ − log s` (never the difference of two large numbers).
+pub fn row_stats<F: Real, X: Logit>(row: &[X], target: usize, inv_t: F) -> RowStats<F> {
+    let x = |v: &X| F::of(v.to_f64());
+    let m = row.iter().map(x).fold(F::neg_infinity(), F::max);
     let (mut s, mut sz) = (F::zero(), F::zero());
-    for x in row {
-        let d = z(x) - m;
+    for v in row {
+        let d = (x(v) - m) * inv_t;
         let e = d.exp();
         s = s + e;
         sz = sz + e * d;
     }
     let log_s = s.ln();
-    let lse = m + log_s;
-    let entropy = log_s - sz / s;
-    let logp = z(&row[target]) - lse;
-    (logp, entropy, lse)
+    RowStats {
+        logp: (x(&row[target]) - m) * inv_t - log_s,
+        entropy: log_s - sz / s,
+        lse: m * inv_t + log_s,
+        shift: m,
+        log_sum: log_s,
+    }
 }
 
-/// token_stats: logits (T, V) f16, targets (T) u32 → logp, entropy, lse (T). Rows in parallel.
+/// token_stats: logits (T, V) f16, targets (T) u32 → logp, entropy, lse, shift, log_sum (T).
+/// Rows in parallel.
 pub fn token_stats<F: Real>(inp: &HeadInputs, cfg: &HeadConfig) -> TokenStats<F> {
     token_stats_of(inp.logits, inp.vocab, inp.targets, cfg.temperature)
 }
@@ -125,15 +146,31 @@ pub fn token_stats_of<F: Real, X: Logit>(
     temperature: f32,
 ) -> TokenStats<F> {
     let inv_t = F::one() / F::of(f64::from(temperature));
-    let rows: Vec<(F, F, F)> = logits
+    let rows: Vec<RowStats<F>> = logits
         .par_chunks(vocab.max(1))
         .zip(targets.par_iter())
         .map(|(row, &y)| row_stats(row, y as usize, inv_t))
         .collect();
     TokenStats {
-        logp: rows.iter().map(|r| r.0).collect(),
-        entropy: rows.iter().map(|r| r.1).collect(),
-        lse: rows.iter().map(|r| r.2).collect(),
+        logp: rows.iter().map(|r| r.logp).collect(),
+        entropy: rows.iter().map(|r| r.entropy).collect(),
+        lse: rows.iter().map(|r| r.lse).collect(),
+        shift: rows.iter().map(|r| r.shift).collect(),
+        log_sum: rows.iter().map(|r| r.log_sum).collect(),
+    }
+}
+
+impl<F: Real> TokenStats<F> {
+    /// Stats carrying only entropies (α from sampling-time entropies; the rest zero).
+    pub fn from_entropy(entropy: Vec<F>) -> Self {
+        let z = vec![F::zero(); entropy.len()];
+        TokenStats {
+            logp: z.clone(),
+            lse: z.clone(),
+            shift: z.clone(),
+            log_sum: z,
+            entropy,
+        }
     }
 }
 
@@ -361,7 +398,8 @@ pub fn policy_loss<F: Real>(
 /// policy_grad: writes `dlogits (T, V)` (AEM.md §6) into `out`, in the element type `E`.
 ///
 /// `dlogits[t,v] = s·w_t/τ·( g_t (1[v=y] − p_v) + β_H p_v (z_v − E_z) )` for owned rows, 0 else;
-/// `p_v = exp(z_v − LSE)`, `E_z = LSE − H`. The target entry is computed in `F` and written once.
+/// `p_v = exp((x_v − m)/τ − log_sum)` (the row's shift, not the rounded LSE), `E_z = LSE − H`.
+/// The target entry is computed in `F` and written once.
 pub fn policy_grad<F: Real, E: GradElem>(
     inp: &HeadInputs,
     cfg: &HeadConfig,
@@ -395,15 +433,17 @@ pub fn policy_grad_of<F: Real, X: Logit, E: GradElem>(
                 orow.fill(E::default());
                 return;
             }
-            let (lse, h, g) = (tokens.lse[t], tokens.entropy[t], loss.dlogp[t]);
-            let e_z = lse - h;
+            let (m, log_s) = (tokens.shift[t], tokens.log_sum[t]);
+            let (h, g) = (tokens.entropy[t], loss.dlogp[t]);
+            // In shifted units d = z − m/τ: p = exp(d − log_s), z − E_z = d − (log_s − H).
+            let e_d = log_s - h;
             let scale = s * w * inv_t;
             let y = targets[t] as usize;
             for (j, (o, x)) in orow.iter_mut().zip(lrow).enumerate() {
-                let z = F::of(x.to_f64()) * inv_t;
-                let p = (z - lse).exp();
+                let d = (F::of(x.to_f64()) - m) * inv_t;
+                let p = (d - log_s).exp();
                 let onehot = if j == y { F::one() } else { F::zero() };
-                *o = E::from_real(scale * (g * (onehot - p) + beta_h * p * (z - e_z)));
+                *o = E::from_real(scale * (g * (onehot - p) + beta_h * p * (d - e_d)));
             }
         });
 }

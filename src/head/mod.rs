@@ -459,8 +459,10 @@ fn check_weights(cfg: &HeadConfig, agg_norm: f64, owned: usize, lens: &[u32]) ->
     Ok(())
 }
 
-/// The largest `|z| = |x|/τ` the kernels' f32 arithmetic takes without overflow: `u = z·log2e`
-/// and differences `u − m` stay below `f32::MAX`.
+/// The largest `|z| = |x|/τ` the kernels' f32 arithmetic takes without overflow: `LSE ≈ m/τ`
+/// and the shifted exponents `(x − m)·log2e/τ` (with `|x − m| ≤ 2·max|x|`) stay below
+/// `f32::MAX`. Below it, precision does not depend on `|z|`: rows are shifted in the logits'
+/// own units before they are scaled (kernels/loss_head.cu, "Numerics").
 const MAX_ABS_Z: f64 = f32::MAX as f64 / 4.0;
 
 /// Refuses rows whose scaled logits `z = x/τ` overflow f32 (a tiny temperature): reported as the

@@ -243,11 +243,7 @@ pub fn response_stats(ro: &Rollouts) -> Result<(Vec<f64>, Vec<f64>), TrainError>
         old_logp: None,
         ref_logp: None,
     };
-    let ts = cpu::TokenStats {
-        logp: vec![0.0f64; n_tok],
-        entropy,
-        lse: vec![0.0f64; n_tok],
-    };
+    let ts = cpu::TokenStats::from_entropy(entropy);
     Ok((cpu::resp_stats(&inp, &ts).mean_entropy, surprisal))
 }
 
