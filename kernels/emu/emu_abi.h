@@ -36,6 +36,10 @@ void aem_emu_set_workers(unsigned n);
 int aem_emu_kernel_count(void);
 const char* aem_emu_kernel_name(int i);
 const char* aem_emu_kernel_sig(int i);
+/* The emulator's float <-> __nv_bfloat16 conversions (cuda_bf16.h), for the exhaustive check
+ * against the Rust `half` crate. */
+unsigned short aem_emu_f32_to_bf16_bits(float f);
+float aem_emu_bf16_bits_to_f32(unsigned short b);
 
 #ifdef __cplusplus
 }

@@ -26,6 +26,7 @@
 // After the standard headers: cuda_emu.h defines keyword macros (__noinline__) they would trip on.
 #include "cuda_emu.h"
 #include "emu_abi.h"
+#include "cuda_bf16.h"
 #include "emu_register.h"
 
 #if !defined(__x86_64__) && !defined(AEM_EMU_UCONTEXT)
@@ -886,4 +887,11 @@ extern "C" const char* aem_emu_kernel_name(int i) {
 extern "C" const char* aem_emu_kernel_sig(int i) {
   auto& r = aem_emu::registry();
   return (i >= 0 && i < (int)r.size()) ? r[i].sig.c_str() : nullptr;
+}
+
+extern "C" unsigned short aem_emu_f32_to_bf16_bits(float f) {
+  return aem_emu_bf16::f32_to_bf16_bits(f);
+}
+extern "C" float aem_emu_bf16_bits_to_f32(unsigned short b) {
+  return aem_emu_bf16::bf16_bits_to_f32(b);
 }

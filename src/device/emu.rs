@@ -28,6 +28,21 @@ extern "C" {
     fn aem_emu_set_workers(n: c_uint);
     fn aem_emu_kernel_count() -> c_int;
     fn aem_emu_shipped_kernels() -> c_int;
+    fn aem_emu_f32_to_bf16_bits(f: f32) -> u16;
+    fn aem_emu_bf16_bits_to_f32(b: u16) -> f32;
+}
+
+/// The emulator's `__float2bfloat16_rn` (kernels/emu/cuda_bf16.h), as bits: for the check that
+/// it equals `half::bf16::from_f32` on every float.
+pub fn f32_to_bf16_bits(f: f32) -> u16 {
+    // SAFETY: a pure function of its argument (no pointers, no state).
+    unsafe { aem_emu_f32_to_bf16_bits(f) }
+}
+
+/// The emulator's `__bfloat162float` (kernels/emu/cuda_bf16.h).
+pub fn bf16_bits_to_f32(b: u16) -> f32 {
+    // SAFETY: a pure function of its argument (no pointers, no state).
+    unsafe { aem_emu_bf16_bits_to_f32(b) }
 }
 
 /// The order in which the emulator resumes the fibers of a block after a barrier or warp
