@@ -401,14 +401,13 @@ fn parity_at_f16_extremes_with_plain_relative_tolerance() {
     ];
     let f64s = |x: &[f32]| x.iter().map(|&v| f64::from(v)).collect::<Vec<_>>();
     for (i, &(b, sigma, tau)) in cases.iter().enumerate() {
-        let d = extreme(100 + i as u64, 263, b, sigma);
+        let mut d = extreme(100 + i as u64, 263, b, sigma);
         let cfg = HeadConfig {
             temperature: tau,
             entropy_coef: 0.01,
             ..HeadConfig::default()
         };
         // Old log-probs near the current ones (ratios stay inside the clip: g ≠ 0).
-        let mut d = d;
         let lp = aem::cpu::token_stats_of::<f64, half::f16>(&d.logits, d.vocab, &d.targets, tau);
         d.old_logp = Some(
             lp.logp
