@@ -55,14 +55,73 @@ fn kernel_params(src: &str) -> Vec<(String, Vec<Param>)> {
             continue;
         };
         let rest = &src[at + name.len() + 1..];
-        let close = rest.find(')').unwrap_or_else(|| panic!("{name}: no ')'"));
-        let params = rest[..close]
+        let list = param_list(src, &name, rest);
+        let params = list
             .split(',')
             .map(|p| p.split_whitespace().collect::<Vec<_>>())
             .filter(|w| !w.is_empty())
             .map(|words| param(&name, &words))
             .collect();
         out.push((name, params));
+    }
+    out
+}
+
+/// The text of a kernel's parameter list (`rest` starts just after `name(`). A list written as
+/// one call of a function-like macro defined in `src` (`AEM_POLICY_GRAD_PARAMS(__half, float, )`)
+/// is expanded: the `#define`'s body (backslash-continued lines joined) with each formal
+/// parameter replaced, as a whole word, by its argument.
+fn param_list(src: &str, kernel: &str, rest: &str) -> String {
+    let close = rest.find(')').unwrap_or_else(|| panic!("{kernel}: no ')'"));
+    let head = rest.trim_start();
+    let ident: String = head
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    if ident.is_empty() || !head[ident.len()..].starts_with('(') {
+        return rest[..close].to_string();
+    }
+    let args: Vec<&str> = head[ident.len() + 1..head.find(')').unwrap_or(head.len())]
+        .split(',')
+        .map(str::trim)
+        .collect();
+    let def = format!("#define {ident}(");
+    let at = src
+        .find(&def)
+        .unwrap_or_else(|| panic!("{kernel}: parameter macro {ident} is not defined"));
+    let after = &src[at + def.len()..];
+    let formal_end = after.find(')').unwrap_or_else(|| panic!("{ident}: no ')'"));
+    let formals: Vec<&str> = after[..formal_end].split(',').map(str::trim).collect();
+    assert_eq!(
+        formals.len(),
+        args.len(),
+        "{kernel}: {ident} takes {} arguments",
+        formals.len()
+    );
+    let mut body = String::new();
+    for line in after[formal_end + 1..].lines() {
+        match line.trim_end().strip_suffix('\\') {
+            Some(cont) => body.push_str(cont),
+            None => {
+                body.push_str(line);
+                break;
+            }
+        }
+        body.push(' ');
+    }
+    let mut out = String::new();
+    let mut word = String::new();
+    for c in body.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            word.push(c);
+            continue;
+        }
+        match formals.iter().position(|f| *f == word) {
+            Some(i) => out.push_str(args[i]),
+            None => out.push_str(&word),
+        }
+        word.clear();
+        out.push(c);
     }
     out
 }
@@ -83,6 +142,7 @@ fn param(kernel: &str, words: &[&str]) -> Param {
         .join(" ");
     let (ty, to_arg) = match ty.as_str() {
         "__half*" | "__half *" => ("Ptr<'a, half::f16>", "ptr"),
+        "__nv_bfloat16*" | "__nv_bfloat16 *" => ("Ptr<'a, half::bf16>", "ptr"),
         "float*" | "float *" => ("Ptr<'a, f32>", "ptr"),
         "unsigned int*" | "unsigned*" | "unsigned int *" | "unsigned *" => ("Ptr<'a, u32>", "ptr"),
         "int*" | "int *" => ("Ptr<'a, i32>", "ptr"),

@@ -4,14 +4,17 @@
 //!
 //! CPU reference: T = 4096, V = 32000 by default (`AEM_BENCH_T`, `AEM_BENCH_V` override).
 //! GPU (skipped, with a printed reason, when no CUDA device is present; the emulator is never
-//! timed): T = 16384, V ∈ {32000, 151936} (`AEM_BENCH_GPU_T` overrides T); inputs are uploaded
-//! once and each iteration launches and synchronises.
-//! Bytes counted: forward reads T·V·2 (f16 logits) and writes 3·T·4 (logp, entropy, lse);
-//! backward reads T·V·2 and writes T·V·2 (f16 dlogits) or T·V·4 (f32); the fused
-//! forward+backward reads T·V·2 once when the row fits in shared memory and writes T·V·2.
+//! timed): T = 16384, V ∈ {32000, 151936}, f16 and bf16 logits (the gradient in the logits'
+//! dtype; `AEM_BENCH_GPU_T` overrides T); inputs are uploaded once and each iteration launches
+//! and synchronises.
+//! Bytes counted: forward reads T·V·2 (16-bit logits) and writes 3·T·4 (logp, entropy, lse);
+//! backward reads T·V·2 and writes T·V·2 (16-bit dlogits); the fused forward+backward reads
+//! T·V·2 once when the row fits in shared memory (twice when it does not) and writes T·V·2.
 
 use aem::cpu;
-use aem::head::file::HeadData;
+use aem::device::Device;
+use aem::head::file::{HeadData, LogitsVec};
+use aem::head::launch::DeviceLogit;
 use aem::head::{self, HeadConfig};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use half::f16;
@@ -35,7 +38,7 @@ fn batch(t: usize, v: usize) -> HeadData {
     let targets = (0..t).map(|i| ((i * 7919) % v) as u32).collect();
     let r = t / 16;
     HeadData {
-        logits,
+        logits: LogitsVec::F16(logits),
         vocab: v,
         targets,
         resp_start: (0..r).map(|i| (16 * i) as u32).collect(),
@@ -68,6 +71,14 @@ fn bench_cpu(c: &mut Criterion) {
     g.bench_function(format!("cpu_ref_f32/T{t}xV{v}"), |bch| {
         bch.iter(|| black_box(cpu::forward::<f32>(&inp, &cfg, &layout)))
     });
+    let b16 = HeadData {
+        logits: b.logits.to_bf16(),
+        ..b.clone()
+    };
+    let inp16 = b16.inputs();
+    g.bench_function(format!("cpu_ref_f32_bf16/T{t}xV{v}"), |bch| {
+        bch.iter(|| black_box(cpu::forward::<f32>(&inp16, &cfg, &layout)))
+    });
     g.finish();
 
     let fwd = cpu::forward::<f64>(&inp, &cfg, &layout);
@@ -86,8 +97,6 @@ fn bench_cpu(c: &mut Criterion) {
 }
 
 fn bench_gpu(c: &mut Criterion) {
-    use aem::device::Device;
-    use aem::head::launch::{BackwardPlan, DeviceHead, ForwardPlan, GradDst, Plan};
     let dev = match Device::cuda(0) {
         Ok(d) => d,
         Err(e) => {
@@ -99,13 +108,14 @@ fn bench_gpu(c: &mut Criterion) {
     let t = env_usize("AEM_BENCH_GPU_T", 16384);
     for v in [32000usize, 151936] {
         let b = batch(t, v);
-        let inp = b.inputs();
-        let cfg = HeadConfig::default();
-        let tv = (t * v) as u64;
         let shape = format!("T{t}xV{v}");
+        let LogitsVec::F16(x16) = &b.logits else {
+            unreachable!("batch() writes f16 logits")
+        };
 
         // Device bandwidth: a device-to-device copy of the logits (reads and writes T·V·2).
-        let src = dev.htod(&b.logits).expect("upload");
+        let tv = (t * v) as u64;
+        let src = dev.htod(x16).expect("upload");
         let mut dst = dev.zeros::<f16>(t * v).expect("alloc");
         let mut g = c.benchmark_group("device_copy");
         g.sample_size(20);
@@ -119,52 +129,71 @@ fn bench_gpu(c: &mut Criterion) {
         g.finish();
         drop((src, dst));
 
-        let logits = dev.htod(&b.logits).expect("upload");
-        let mut grad = dev.zeros::<f16>(t * v).expect("alloc");
-        let mut h = DeviceHead::new(&dev, &inp, &cfg, logits.len()).expect("upload");
-        let mut g = c.benchmark_group("loss_head_fwd");
-        g.sample_size(20);
-        for fwd in ForwardPlan::ALL {
-            let name = fwd.name();
-            g.throughput(Throughput::Bytes(fwd.bytes(t as u64, v as u64)));
-            for block in [256u32, 1024] {
-                let plan = Plan {
-                    forward: fwd,
-                    block,
-                    ..Plan::default()
-                };
-                g.bench_function(format!("cuda_{name}_b{block}/{shape}"), |bch| {
-                    bch.iter(|| {
-                        h.forward(&dev, &logits, &plan).expect("forward");
-                        dev.synchronize().expect("sync");
-                    })
-                });
-            }
-        }
-        g.finish();
-        h.forward(&dev, &logits, &Plan::default()).expect("forward");
-        let mut g = c.benchmark_group("loss_head_bwd");
-        g.sample_size(20);
-        for bwd in BackwardPlan::ALL {
-            // Bytes per plan: the uncached fused kernel reads the row twice (6·T·V for f16).
-            g.throughput(Throughput::Bytes(bwd.bytes(t as u64, v as u64, 2)));
-            for block in [256u32, 1024] {
-                let plan = Plan {
-                    backward: bwd,
-                    block,
-                    ..Plan::default()
-                };
-                g.bench_function(format!("cuda_{}_f16_b{block}/{shape}", bwd.name()), |bch| {
-                    bch.iter(|| {
-                        h.backward(&dev, &logits, GradDst::F16(&mut grad), &plan)
-                            .expect("backward");
-                        dev.synchronize().expect("sync");
-                    })
-                });
-            }
-        }
-        g.finish();
+        bench_gpu_head(c, &dev, &b, x16, &format!("f16/{shape}"));
+        let LogitsVec::Bf16(x) = b.logits.to_bf16() else {
+            unreachable!("to_bf16 gives bf16")
+        };
+        bench_gpu_head(c, &dev, &b, &x, &format!("bf16/{shape}"));
     }
+}
+
+/// Every forward and backward plan on logits of element type `X`, the gradient in `X`.
+fn bench_gpu_head<X: DeviceLogit>(
+    c: &mut Criterion,
+    dev: &Device,
+    b: &HeadData,
+    x: &[X],
+    label: &str,
+) {
+    use aem::head::launch::{BackwardPlan, DeviceHead, ForwardPlan, Plan};
+    let (t, v) = (b.targets.len() as u64, b.vocab as u64);
+    let inp = b.inputs();
+    let cfg = HeadConfig::default();
+    let logits = dev.htod(x).expect("upload");
+    let mut grad = dev.zeros::<X>(x.len()).expect("alloc");
+    let mut h = DeviceHead::new(dev, &inp, &cfg, logits.len()).expect("upload");
+    let mut g = c.benchmark_group("loss_head_fwd");
+    g.sample_size(20);
+    for fwd in ForwardPlan::ALL {
+        let name = fwd.name();
+        g.throughput(Throughput::Bytes(fwd.bytes(t, v)));
+        for block in [256u32, 1024] {
+            let plan = Plan {
+                forward: fwd,
+                block,
+                ..Plan::default()
+            };
+            g.bench_function(format!("cuda_{name}_b{block}/{label}"), |bch| {
+                bch.iter(|| {
+                    h.forward(dev, &logits, &plan).expect("forward");
+                    dev.synchronize().expect("sync");
+                })
+            });
+        }
+    }
+    g.finish();
+    h.forward(dev, &logits, &Plan::default()).expect("forward");
+    let mut g = c.benchmark_group("loss_head_bwd");
+    g.sample_size(20);
+    for bwd in BackwardPlan::ALL {
+        // Bytes per plan: the uncached fused kernel reads the row twice (6·T·V for 16-bit).
+        g.throughput(Throughput::Bytes(bwd.bytes(t, v, 2)));
+        for block in [256u32, 1024] {
+            let plan = Plan {
+                backward: bwd,
+                block,
+                ..Plan::default()
+            };
+            g.bench_function(format!("cuda_{}_b{block}/{label}", bwd.name()), |bch| {
+                bch.iter(|| {
+                    h.backward(dev, &logits, X::grad_dst(&mut grad), &plan)
+                        .expect("backward");
+                    dev.synchronize().expect("sync");
+                })
+            });
+        }
+    }
+    g.finish();
 }
 
 criterion_group!(benches, bench_cpu, bench_gpu);

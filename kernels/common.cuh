@@ -10,6 +10,7 @@
 // - blockDim.x is any multiple of 32 up to 1024 (so at most 32 warps per block).
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 // ---------------------------------------------------------------------------------------------
@@ -115,16 +116,21 @@ __device__ __forceinline__ long long aem_global_tid() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// f16 helpers
+// f16 / bf16 helpers
 // ---------------------------------------------------------------------------------------------
 
 __device__ __forceinline__ float aem_h2f(__half h) { return __half2float(h); }
 __device__ __forceinline__ __half aem_f2h(float f) { return __float2half_rn(f); }
+// Any 16-bit input element to f32 (exact for both).
+__device__ __forceinline__ float aem_to_f32(__half h) { return __half2float(h); }
+__device__ __forceinline__ float aem_to_f32(__nv_bfloat16 b) { return __bfloat162float(b); }
 
-// 8 halves = 16 bytes, for one vector load/store (ld.global.v4 on the GPU).
-struct alignas(16) AemHalf8 {
-  __half h[8];
+// 8 16-bit elements = 16 bytes, for one vector load/store (ld.global.v4 on the GPU).
+template <typename T>
+struct alignas(16) AemVec8 {
+  T h[8];
 };
+typedef AemVec8<__half> AemHalf8;
 // 4 floats = 16 bytes.
 struct alignas(16) AemFloat4 {
   float f[4];
@@ -144,6 +150,11 @@ __device__ __forceinline__ unsigned aem_store(__half* p, float v) {
   const __half h = aem_f2h(v);
   *p = h;
   return aem_isfinite(aem_h2f(h)) ? 0u : 1u;
+}
+__device__ __forceinline__ unsigned aem_store(__nv_bfloat16* p, float v) {
+  const __nv_bfloat16 b = __float2bfloat16_rn(v);
+  *p = b;
+  return aem_isfinite(__bfloat162float(b)) ? 0u : 1u;
 }
 __device__ __forceinline__ unsigned aem_store(float* p, float v) {
   *p = v;

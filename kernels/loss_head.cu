@@ -1,35 +1,40 @@
 // loss_head.cu — the AEM loss head (shared/design/AEM.md §1–6) as CUDA kernels.
 //
 // Shape letters: T rows of the packed batch (rows of the logits), V vocabulary, R responses,
-// G groups. All float math is f32; logits are f16 (T, V) row-major; element offsets are 64-bit.
+// G groups. All float math is f32; logits are f16 or bf16 (T, V) row-major (`{in}` in a kernel
+// name); gradients are f16, bf16 or f32 (`{out}`); element offsets are 64-bit.
 //
-// Kernels (a version number is never reused; each version adds one idea over the previous one):
+// Kernels (a version number is never reused; each version adds one idea over the previous one).
+// Every version is instantiated per dtype from one template: {in} ∈ {f16, bf16},
+// {out} ∈ {f16, bf16, f32}; the names below are the entry points.
 //
-//   token_stats_f16_v1     one thread per row, scalar online max/sum/Σe·(z−m): the naive port
+//   token_stats_{in}_v1    one thread per row, scalar online max/sum/Σe·(z−m): the naive port
 //                          of the reference loop.
-//   token_stats_f16_v2     one block per row, one pass: per-thread online state over 16-byte
-//                          vector loads (8 halves; a scalar head/tail aligns any V and any row
+//   token_stats_{in}_v2    one block per row, one pass: per-thread online state over 16-byte
+//                          vector loads (8 elements; a scalar head/tail aligns any V and any row
 //                          address), then a fixed warp-shuffle + block tree merge.
-//   token_stats_f16_v3     one warp per row (for small V): the v2 partition over 32 lanes and a
+//   token_stats_{in}_v3    one warp per row (for small V): the v2 partition over 32 lanes and a
 //                          warp-only merge, no __syncthreads.
 //   resp_stats_v1          one thread per response: surprisal Σ−logp and mean entropy ΣH/len,
 //                          rows in increasing order (bitwise reproducible).
 //   aem_alpha_v1           one thread per group: min/max of mean entropy, the δ guard,
 //                          w = exp(−λ H̃), α = w / mean w, adv = α · adv_base.
-//   loss_head_fwd_v1       the fused forward: token_stats_f16_v2 per row, then the last block to
+//   loss_head_fwd_{in}_v1  the fused forward: token_stats_{in}_v2 per row, then the last block to
 //                          finish a response (integer counter + __threadfence) runs resp_stats
 //                          for it, and the last response of a group runs aem_alpha for it.
-//                          No float atomics: bitwise equal to token_stats_f16_v2 (same blockDim)
-//                          + resp_stats_v1 + aem_alpha_v1, run to run.
-//   policy_grad_{f16,f32}_v1
+//                          No float atomics: bitwise equal to token_stats_{in}_v2 (same
+//                          blockDim) + resp_stats_v1 + aem_alpha_v1, run to run.
+//   policy_grad_{in}_{out}_v1
 //                          the backward: one block per row; every thread computes ρ, ℓ_t, g_t
 //                          (identical values, no barrier), thread 0 writes token_loss, the block
-//                          streams the row once writing dlogits (in place for f16 allowed).
-//   loss_head_fused_{f16,f32}_v1
+//                          streams the row once writing dlogits (in place allowed when
+//                          {in} = {out}).
+//   loss_head_fused_{in}_{out}_v1
 //                          forward+backward of the policy-update pass (adv fixed): token stats,
 //                          ℓ_t, g_t and dlogits in one launch; the row is kept in dynamic shared
 //                          memory when it fits (one read of the row), else read twice. Bitwise
-//                          equal to token_stats_f16_v2 + policy_grad_*_v1 (same blockDim).
+//                          equal to token_stats_{in}_v2 + policy_grad_{in}_{out}_v1 (same
+//                          blockDim).
 //   loss_reduce_v1         Σ_t w_t ℓ_t → one f32, single block, fixed strided order + fixed tree.
 //
 // Numerics shared by all versions:
@@ -60,12 +65,12 @@
 // between kernels hold for equal blockDim.x.
 //
 // Launcher-zeroed buffers (the kernels never allocate):
-// - bad_count (1) u32: set to 0 before token_stats_*, loss_head_fwd_v1, loss_head_fused_*.
+// - bad_count (1) u32: set to 0 before token_stats_*, loss_head_fwd_*, loss_head_fused_*.
 // - first_bad_row (1) u32: set to 0xFFFFFFFF before the same kernels (atomicMin).
 // - grad_bad (2) u32: {0, 0xFFFFFFFF} before policy_grad_* and loss_head_fused_*: the count and
 //   the first row of non-finite dlogits entries written (an overflow, e.g. of f16 under a large
 //   grad_scale, is reported by the launcher, never returned silently).
-// - resp_done (R) u32 and grp_done (G) u32 (loss_head_fwd_v1 only): zero before the launch; the
+// - resp_done (R) u32 and grp_done (G) u32 (loss_head_fwd_* only): zero before the launch; the
 //   kernel leaves them zero again when it completes, so zeroing once after allocation suffices
 //   (zero them again after a failed launch).
 
@@ -191,7 +196,8 @@ struct AemRowSplit {
   int tail_start;  // scalar elements [tail_start, V), fewer than 8
 };
 
-__device__ __forceinline__ AemRowSplit aem_row_split(const __half* row, int V) {
+template <typename In>
+__device__ __forceinline__ AemRowSplit aem_row_split(const In* row, int V) {
   AemRowSplit sp;
   sp.mis = aem_misalign_elems(row);
   sp.head = sp.mis ? 8 - sp.mis : 0;
@@ -204,26 +210,26 @@ __device__ __forceinline__ AemRowSplit aem_row_split(const __half* row, int V) {
 // This thread's online-softmax state over its share of `row`. With CACHE, the values read are
 // also stored to `cache` at index mis + e (so the cached vectors stay 16-byte aligned); the same
 // thread reads them back later (same partition), so no barrier is needed between the two.
-template <bool CACHE>
-__device__ __forceinline__ AemSoftmaxState aem_row_partial(const __half* row, int V, float c,
-                                                           int tid, int nt, __half* cache) {
+template <bool CACHE, typename In>
+__device__ __forceinline__ AemSoftmaxState aem_row_partial(const In* row, int V, float c, int tid,
+                                                           int nt, In* cache) {
   const AemRowSplit sp = aem_row_split(row, V);
   AemSoftmaxState st = aem_sm_empty();
   if (tid < sp.head) {
-    const __half h = row[tid];
+    const In h = row[tid];
     if (CACHE) cache[sp.mis + tid] = h;
-    aem_sm_push(st, aem_h2f(h), c);
+    aem_sm_push(st, aem_to_f32(h), c);
   }
-  const AemHalf8* vec = reinterpret_cast<const AemHalf8*>(row + sp.head);
-  AemHalf8* cvec = CACHE ? reinterpret_cast<AemHalf8*>(cache + sp.mis + sp.head) : nullptr;
+  const AemVec8<In>* vec = reinterpret_cast<const AemVec8<In>*>(row + sp.head);
+  AemVec8<In>* cvec = CACHE ? reinterpret_cast<AemVec8<In>*>(cache + sp.mis + sp.head) : nullptr;
   for (int i = tid; i < sp.nvec; i += nt) {
-    const AemHalf8 x = vec[i];
+    const AemVec8<In> x = vec[i];
     if (CACHE) cvec[i] = x;
     float u[8];
     float cm = -AEM_INFINITY;
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      u[k] = aem_h2f(x.h[k]);
+      u[k] = aem_to_f32(x.h[k]);
       cm = fmaxf(cm, u[k]);
     }
     if (cm > st.m) aem_sm_rescale(st, cm, c);  // once per vector, not per element
@@ -232,9 +238,9 @@ __device__ __forceinline__ AemSoftmaxState aem_row_partial(const __half* row, in
   }
   const int e = sp.tail_start + tid;
   if (e < V) {
-    const __half h = row[e];
+    const In h = row[e];
     if (CACHE) cache[sp.mis + e] = h;
-    aem_sm_push(st, aem_h2f(h), c);
+    aem_sm_push(st, aem_to_f32(h), c);
   }
   return st;
 }
@@ -258,8 +264,9 @@ __device__ __forceinline__ AemRowStats aem_row_finalize(AemSoftmaxState st, floa
 }
 
 // The target logit, or NaN for an out-of-range target (a corrupted buffer: reported as bad).
-__device__ __forceinline__ float aem_target_logit(const __half* row, unsigned int y, int V) {
-  return y < (unsigned int)V ? aem_h2f(row[y]) : aem_uint_as_float(0x7fc00000u);
+template <typename In>
+__device__ __forceinline__ float aem_target_logit(const In* row, unsigned int y, int V) {
+  return y < (unsigned int)V ? aem_to_f32(row[y]) : aem_uint_as_float(0x7fc00000u);
 }
 
 // Writes one row's stats (shift and log2_sum only where given); counts it if bad. Called by
@@ -279,13 +286,13 @@ __device__ __forceinline__ void aem_write_row_stats(long long t, AemRowStats r, 
   }
 }
 
-// token_stats_f16_v2's row body: every thread of the block gets the row's stats.
-template <bool CACHE>
-__device__ __forceinline__ AemRowStats aem_row_stats_block(const __half* row, unsigned int y,
-                                                           int V, float inv_t, __half* cache) {
+// token_stats_{in}_v2's row body: every thread of the block gets the row's stats.
+template <bool CACHE, typename In>
+__device__ __forceinline__ AemRowStats aem_row_stats_block(const In* row, unsigned int y, int V,
+                                                           float inv_t, In* cache) {
   const float x_y = aem_target_logit(row, y, V);  // read before any in-place write of the row
   const float c = inv_t * AEM_LOG2E;
-  AemSoftmaxState st = aem_row_partial<CACHE>(row, V, c, threadIdx.x, blockDim.x, cache);
+  AemSoftmaxState st = aem_row_partial<CACHE, In>(row, V, c, threadIdx.x, blockDim.x, cache);
   st = aem_sm_block_reduce(st, c);
   return aem_row_finalize(st, x_y, c, inv_t);
 }
@@ -294,7 +301,7 @@ __device__ __forceinline__ AemRowStats aem_row_stats_block(const __half* row, un
 // token_stats
 // =============================================================================================
 // Arguments (all token_stats versions):
-//   logits        (T, V) f16, row-major
+//   logits        (T, V) f16 / bf16, row-major
 //   targets       (T) u32, < V
 //   T, V          i32 counts
 //   logp          (T) f32 out: z[y] − LSE
@@ -306,58 +313,106 @@ __device__ __forceinline__ AemRowStats aem_row_stats_block(const __half* row, un
 //   first_bad_row (1) u32 in/out: min bad row index (launcher: 0xFFFFFFFF)
 //   p             AemHeadParams (uses inv_temperature)
 
+// The three versions over input element In; the extern "C" entry points below instantiate them
+// per logits dtype (token_stats_{f16,bf16}_v{1,2,3}).
+#define AEM_TOKEN_STATS_ARGS                                                                  \
+  logits, targets, T, V, logp, entropy, lse, shift, log2_sum, bad_count, first_bad_row, p
+
 // v1 — grid ceil(T / blockDim.x), one thread per row.
-extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
-    token_stats_f16_v1(const __half* __restrict__ logits, const unsigned int* __restrict__ targets,
-                       int T, int V, float* __restrict__ logp, float* __restrict__ entropy,
-                       float* __restrict__ lse, float* __restrict__ shift,
-                       float* __restrict__ log2_sum, unsigned int* bad_count,
-                       unsigned int* first_bad_row, AemHeadParams p) {
+template <typename In>
+__device__ __forceinline__ void aem_token_stats_v1(const In* logits, const unsigned int* targets,
+                                                   int T, int V, float* logp, float* entropy,
+                                                   float* lse, float* shift, float* log2_sum,
+                                                   unsigned int* bad_count,
+                                                   unsigned int* first_bad_row,
+                                                   const AemHeadParams& p) {
   const long long t = aem_global_tid();
   if (t >= T) return;
-  const __half* row = logits + aem_row_offset(t, V);
+  const In* row = logits + aem_row_offset(t, V);
   const float c = p.inv_temperature * AEM_LOG2E;
   AemSoftmaxState st = aem_sm_empty();
-  for (int v = 0; v < V; ++v) aem_sm_push(st, aem_h2f(row[v]), c);
+  for (int v = 0; v < V; ++v) aem_sm_push(st, aem_to_f32(row[v]), c);
   const AemRowStats r =
       aem_row_finalize(st, aem_target_logit(row, targets[t], V), c, p.inv_temperature);
   aem_write_row_stats(t, r, logp, entropy, lse, shift, log2_sum, bad_count, first_bad_row);
 }
 
 // v2 — grid T, one block per row.
-extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
-    token_stats_f16_v2(const __half* __restrict__ logits, const unsigned int* __restrict__ targets,
-                       int T, int V, float* __restrict__ logp, float* __restrict__ entropy,
-                       float* __restrict__ lse, float* __restrict__ shift,
-                       float* __restrict__ log2_sum, unsigned int* bad_count,
-                       unsigned int* first_bad_row, AemHeadParams p) {
+template <typename In>
+__device__ __forceinline__ void aem_token_stats_v2(const In* logits, const unsigned int* targets,
+                                                   int T, int V, float* logp, float* entropy,
+                                                   float* lse, float* shift, float* log2_sum,
+                                                   unsigned int* bad_count,
+                                                   unsigned int* first_bad_row,
+                                                   const AemHeadParams& p) {
   const long long t = blockIdx.x;
   if (t >= T) return;  // uniform over the block
-  const __half* row = logits + aem_row_offset(t, V);
-  const AemRowStats r = aem_row_stats_block<false>(row, targets[t], V, p.inv_temperature, nullptr);
+  const In* row = logits + aem_row_offset(t, V);
+  const AemRowStats r =
+      aem_row_stats_block<false, In>(row, targets[t], V, p.inv_temperature, nullptr);
   if (threadIdx.x == 0)
     aem_write_row_stats(t, r, logp, entropy, lse, shift, log2_sum, bad_count, first_bad_row);
 }
 
 // v3 — grid ceil(T / (blockDim.x/32)), one warp per row (row = block's first row + warp index).
-extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
-    token_stats_f16_v3(const __half* __restrict__ logits, const unsigned int* __restrict__ targets,
-                       int T, int V, float* __restrict__ logp, float* __restrict__ entropy,
-                       float* __restrict__ lse, float* __restrict__ shift,
-                       float* __restrict__ log2_sum, unsigned int* bad_count,
-                       unsigned int* first_bad_row, AemHeadParams p) {
+template <typename In>
+__device__ __forceinline__ void aem_token_stats_v3(const In* logits, const unsigned int* targets,
+                                                   int T, int V, float* logp, float* entropy,
+                                                   float* lse, float* shift, float* log2_sum,
+                                                   unsigned int* bad_count,
+                                                   unsigned int* first_bad_row,
+                                                   const AemHeadParams& p) {
   const int lane = threadIdx.x & 31;
   const long long t = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   if (t >= T) return;  // uniform over the warp
-  const __half* row = logits + aem_row_offset(t, V);
+  const In* row = logits + aem_row_offset(t, V);
   const float c = p.inv_temperature * AEM_LOG2E;
-  AemSoftmaxState st = aem_row_partial<false>(row, V, c, lane, 32, nullptr);
+  AemSoftmaxState st = aem_row_partial<false, In>(row, V, c, lane, 32, nullptr);
   st = aem_sm_warp_reduce(st, c);
   if (lane == 0) {
     const AemRowStats r =
         aem_row_finalize(st, aem_target_logit(row, targets[t], V), c, p.inv_temperature);
     aem_write_row_stats(t, r, logp, entropy, lse, shift, log2_sum, bad_count, first_bad_row);
   }
+}
+
+// Entry points. Each family's parameter list is written once, as a macro over the dtypes
+// (IN logits, OUT gradient; NR is __restrict__ where logits and dlogits cannot alias, empty where
+// the update may run in place, IN == OUT); build.rs expands it to generate the typed launcher.
+#define AEM_TOKEN_STATS_PARAMS(IN)                                                             \
+  const IN* __restrict__ logits, const unsigned int* __restrict__ targets, int T, int V,       \
+      float* __restrict__ logp, float* __restrict__ entropy, float* __restrict__ lse,          \
+      float* __restrict__ shift, float* __restrict__ log2_sum, unsigned int* bad_count,        \
+      unsigned int* first_bad_row, AemHeadParams p
+
+extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
+    token_stats_f16_v1(AEM_TOKEN_STATS_PARAMS(__half)) {
+  aem_token_stats_v1<__half>(AEM_TOKEN_STATS_ARGS);
+}
+
+extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
+    token_stats_bf16_v1(AEM_TOKEN_STATS_PARAMS(__nv_bfloat16)) {
+  aem_token_stats_v1<__nv_bfloat16>(AEM_TOKEN_STATS_ARGS);
+}
+
+extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
+    token_stats_f16_v2(AEM_TOKEN_STATS_PARAMS(__half)) {
+  aem_token_stats_v2<__half>(AEM_TOKEN_STATS_ARGS);
+}
+
+extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
+    token_stats_bf16_v2(AEM_TOKEN_STATS_PARAMS(__nv_bfloat16)) {
+  aem_token_stats_v2<__nv_bfloat16>(AEM_TOKEN_STATS_ARGS);
+}
+
+extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
+    token_stats_f16_v3(AEM_TOKEN_STATS_PARAMS(__half)) {
+  aem_token_stats_v3<__half>(AEM_TOKEN_STATS_ARGS);
+}
+
+extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
+    token_stats_bf16_v3(AEM_TOKEN_STATS_PARAMS(__nv_bfloat16)) {
+  aem_token_stats_v3<__nv_bfloat16>(AEM_TOKEN_STATS_ARGS);
 }
 
 // =============================================================================================
@@ -464,8 +519,8 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
 }
 
 // =============================================================================================
-// loss_head_fwd_v1 — the fused forward. grid T, one block per row, dyn smem 0.
-//   logits        (T, V) f16
+// loss_head_fwd_{f16,bf16}_v1 — the fused forward. grid T, one block per row, dyn smem 0.
+//   logits        (T, V) f16 / bf16
 //   targets       (T) u32
 //   row_resp      (T) i32: response owning row t, or −1
 //   resp_start    (R) u32, resp_len (R) u32 ≥ 1, resp_group (R) u32 < G
@@ -482,22 +537,20 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
 // The results written by other blocks are read through L2 after __threadfence + atomicAdd; the
 // order of every float reduction is fixed, so results are bitwise identical run to run.
 // =============================================================================================
-extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
-    loss_head_fwd_v1(const __half* __restrict__ logits, const unsigned int* __restrict__ targets,
-                     const int* __restrict__ row_resp, const unsigned int* __restrict__ resp_start,
-                     const unsigned int* __restrict__ resp_len,
-                     const unsigned int* __restrict__ resp_group,
-                     const unsigned int* __restrict__ grp_offsets,
-                     const unsigned int* __restrict__ grp_members,
-                     const float* __restrict__ adv_base, int T, int V, float* logp,
-                     float* entropy, float* lse, float* shift, float* log2_sum,
-                     float* surprisal, float* mean_entropy,
-                     float* alpha, float* adv, unsigned int* resp_done, unsigned int* grp_done,
-                     unsigned int* bad_count, unsigned int* first_bad_row, AemHeadParams p) {
+template <typename In>
+__device__ __forceinline__ void aem_loss_head_fwd_v1(
+    const In* logits, const unsigned int* targets, const int* row_resp,
+    const unsigned int* resp_start, const unsigned int* resp_len, const unsigned int* resp_group,
+    const unsigned int* grp_offsets, const unsigned int* grp_members, const float* adv_base, int T,
+    int V, float* logp, float* entropy, float* lse, float* shift, float* log2_sum,
+    float* surprisal, float* mean_entropy, float* alpha, float* adv, unsigned int* resp_done,
+    unsigned int* grp_done, unsigned int* bad_count, unsigned int* first_bad_row,
+    const AemHeadParams& p) {
   const long long t = blockIdx.x;
   if (t >= T) return;  // uniform over the block
-  const __half* row = logits + aem_row_offset(t, V);
-  const AemRowStats rs = aem_row_stats_block<false>(row, targets[t], V, p.inv_temperature, nullptr);
+  const In* row = logits + aem_row_offset(t, V);
+  const AemRowStats rs =
+      aem_row_stats_block<false, In>(row, targets[t], V, p.inv_temperature, nullptr);
   if (threadIdx.x != 0) return;
 
   aem_write_row_stats(t, rs, logp, entropy, lse, shift, log2_sum, bad_count, first_bad_row);
@@ -522,6 +575,31 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
   aem_group_alpha<true>(mean_entropy, adv_base, grp_members, begin, end, p.lambda, p.delta, alpha,
                         adv);
   grp_done[g] = 0u;
+}
+
+#define AEM_LOSS_HEAD_FWD_PARAMS(IN)                                                           \
+  const IN* __restrict__ logits, const unsigned int* __restrict__ targets,                     \
+      const int* __restrict__ row_resp, const unsigned int* __restrict__ resp_start,           \
+      const unsigned int* __restrict__ resp_len, const unsigned int* __restrict__ resp_group,  \
+      const unsigned int* __restrict__ grp_offsets,                                            \
+      const unsigned int* __restrict__ grp_members, const float* __restrict__ adv_base, int T, \
+      int V, float* logp, float* entropy, float* lse, float* shift, float* log2_sum,           \
+      float* surprisal, float* mean_entropy, float* alpha, float* adv,                         \
+      unsigned int* resp_done, unsigned int* grp_done, unsigned int* bad_count,                \
+      unsigned int* first_bad_row, AemHeadParams p
+#define AEM_LOSS_HEAD_FWD_ARGS                                                                 \
+  logits, targets, row_resp, resp_start, resp_len, resp_group, grp_offsets, grp_members,       \
+      adv_base, T, V, logp, entropy, lse, shift, log2_sum, surprisal, mean_entropy, alpha,     \
+      adv, resp_done, grp_done, bad_count, first_bad_row, p
+
+extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
+    loss_head_fwd_f16_v1(AEM_LOSS_HEAD_FWD_PARAMS(__half)) {
+  aem_loss_head_fwd_v1<__half>(AEM_LOSS_HEAD_FWD_ARGS);
+}
+
+extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
+    loss_head_fwd_bf16_v1(AEM_LOSS_HEAD_FWD_PARAMS(__nv_bfloat16)) {
+  aem_loss_head_fwd_v1<__nv_bfloat16>(AEM_LOSS_HEAD_FWD_ARGS);
 }
 
 // =============================================================================================
@@ -609,16 +687,14 @@ __device__ __forceinline__ float aem_grad_elem(float x, int e, int y, const AemG
 
 // Store 8 gradient values at out[0..8): one 16-byte store (f16) / two (f32) when aligned.
 // Returns how many stored values are not finite.
-__device__ __forceinline__ unsigned aem_store8(__half* out, const float* v, bool vec_ok) {
+template <typename T16>  // __half or __nv_bfloat16
+__device__ __forceinline__ unsigned aem_store8(T16* out, const float* v, bool vec_ok) {
   unsigned bad = 0;
   if (vec_ok) {
-    AemHalf8 o;
+    AemVec8<T16> o;
 #pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      o.h[k] = aem_f2h(v[k]);
-      bad += aem_isfinite(aem_h2f(o.h[k])) ? 0u : 1u;
-    }
-    *reinterpret_cast<AemHalf8*>(out) = o;
+    for (int k = 0; k < 8; ++k) bad += aem_store(&o.h[k], v[k]);
+    *reinterpret_cast<AemVec8<T16>*>(out) = o;
   } else {
 #pragma unroll
     for (int k = 0; k < 8; ++k) bad += aem_store(out + k, v[k]);
@@ -660,32 +736,32 @@ __device__ __forceinline__ void aem_count_grad_bad(unsigned bad, long long t,
 // address), so with FROM_CACHE each thread reads back exactly what it cached, and in place
 // (out == row, f16) every element is read by the thread that then writes it.
 // Returns this thread's count of non-finite stored values.
-template <typename OutT, bool FROM_CACHE>
-__device__ __forceinline__ unsigned aem_grad_row(const __half* row, const __half* cache,
+template <typename In, typename OutT, bool FROM_CACHE>
+__device__ __forceinline__ unsigned aem_grad_row(const In* row, const In* cache,
                                                  OutT* out, int V, unsigned int y,
                                                  const AemGradCoef& k, int tid, int nt) {
   const AemRowSplit sp = aem_row_split(row, V);
   const int yi = y < (unsigned int)V ? (int)y : -1;
   unsigned bad = 0;
   if (tid < sp.head) {
-    const __half h = FROM_CACHE ? cache[sp.mis + tid] : row[tid];
-    bad += aem_store(out + tid, aem_grad_elem(aem_h2f(h), tid, yi, k));
+    const In h = FROM_CACHE ? cache[sp.mis + tid] : row[tid];
+    bad += aem_store(out + tid, aem_grad_elem(aem_to_f32(h), tid, yi, k));
   }
-  const AemHalf8* vec = reinterpret_cast<const AemHalf8*>(
+  const AemVec8<In>* vec = reinterpret_cast<const AemVec8<In>*>(
       FROM_CACHE ? cache + sp.mis + sp.head : row + sp.head);
   const bool vec_ok = (reinterpret_cast<unsigned long long>(out + sp.head) & 15ull) == 0;
   for (int i = tid; i < sp.nvec; i += nt) {
-    const AemHalf8 x = vec[i];
+    const AemVec8<In> x = vec[i];
     const int e0 = sp.head + (i << 3);
     float v[8];
 #pragma unroll
-    for (int j = 0; j < 8; ++j) v[j] = aem_grad_elem(aem_h2f(x.h[j]), e0 + j, yi, k);
+    for (int j = 0; j < 8; ++j) v[j] = aem_grad_elem(aem_to_f32(x.h[j]), e0 + j, yi, k);
     bad += aem_store8(out + e0, v, vec_ok);
   }
   const int e = sp.tail_start + tid;
   if (e < V) {
-    const __half h = FROM_CACHE ? cache[sp.mis + e] : row[e];
-    bad += aem_store(out + e, aem_grad_elem(aem_h2f(h), e, yi, k));
+    const In h = FROM_CACHE ? cache[sp.mis + e] : row[e];
+    bad += aem_store(out + e, aem_grad_elem(aem_to_f32(h), e, yi, k));
   }
   return bad;
 }
@@ -708,8 +784,8 @@ __device__ __forceinline__ void aem_zero_row(OutT* out, int V, int tid, int nt) 
   if (e < V) aem_store(out + e, 0.f);
 }
 
-// policy_grad_{f16,f32}_v1 — grid T, one block per row, dyn smem 0.
-//   logits      (T, V) f16; may be the same buffer as dlogits for the f16 output (in place)
+// policy_grad_{in}_{out}_v1 — grid T, one block per row, dyn smem 0.
+//   logits      (T, V) f16 / bf16; may be the same buffer as dlogits when {in} = {out} (in place)
 //   targets     (T) u32
 //   row_resp    (T) i32: owning response or −1
 //   resp_len    (R) u32
@@ -718,17 +794,18 @@ __device__ __forceinline__ void aem_zero_row(OutT* out, int V, int tid, int nt) 
 //   old_logp    (T) f32, or NULL when p.has_old_logp == 0 (on-policy: old = logp)
 //   ref_logp    (T) f32, or NULL when p.kl_coef == 0
 //   T, V        i32 counts
-//   dlogits     (T, V) f16 or f32 out: s·w_t/τ·(g_t(1[v=y] − p_v) + β_H p_v (z_v − E_z)); 0 unowned
+//   dlogits     (T, V) {out} out: s·w_t/τ·(g_t(1[v=y] − p_v) + β_H p_v (z_v − E_z)); 0 unowned
 //   token_loss  (T) f32 out: ℓ_t unweighted, 0 for unowned rows
 //   grad_bad    (2) u32 in/out: [0] += non-finite dlogits entries written, [1] = min such row
 //               (launcher: 0, 0xFFFFFFFF)
 //   p           AemHeadParams
-template <typename OutT>
+template <typename In, typename OutT>
 __device__ __forceinline__ void aem_policy_grad_impl(
-    const __half* logits, const unsigned int* targets, const int* row_resp,
+    const In* logits, const unsigned int* targets, const int* row_resp,
     const unsigned int* resp_len, const float* adv, const float* logp, const float* entropy,
-    const float* shift, const float* log2_sum, const float* old_logp, const float* ref_logp, int T, int V, OutT* dlogits,
-    float* token_loss, unsigned int* grad_bad, const AemHeadParams& p) {
+    const float* shift, const float* log2_sum, const float* old_logp, const float* ref_logp,
+    int T, int V, OutT* dlogits, float* token_loss, unsigned int* grad_bad,
+    const AemHeadParams& p) {
   const long long t = blockIdx.x;
   if (t >= T) return;  // uniform over the block
   const int r = row_resp[t];
@@ -745,39 +822,57 @@ __device__ __forceinline__ void aem_policy_grad_impl(
   const AemTokenLoss tl = aem_token_loss(adv[r], lp, h, old, ref, p);
   if (threadIdx.x == 0) token_loss[t] = tl.loss;
   const AemGradCoef k = aem_grad_coef(shift[t], log2_sum[t], h, tl.g, resp_len[r], p);
-  const unsigned bad = aem_grad_row<OutT, false>(logits + aem_row_offset(t, V), nullptr, out, V,
-                                                 targets[t], k, threadIdx.x, blockDim.x);
+  const unsigned bad = aem_grad_row<In, OutT, false>(logits + aem_row_offset(t, V), nullptr, out,
+                                                     V, targets[t], k, threadIdx.x, blockDim.x);
   aem_count_grad_bad(bad, t, grad_bad);
 }
 
+#define AEM_POLICY_GRAD_PARAMS(IN, OUT, NR)                                                    \
+  const IN* NR logits, const unsigned int* __restrict__ targets,                               \
+      const int* __restrict__ row_resp, const unsigned int* __restrict__ resp_len,             \
+      const float* __restrict__ adv, const float* __restrict__ logp,                           \
+      const float* __restrict__ entropy, const float* __restrict__ shift,                      \
+      const float* __restrict__ log2_sum, const float* __restrict__ old_logp,                  \
+      const float* __restrict__ ref_logp, int T, int V, OUT* NR dlogits,                       \
+      float* __restrict__ token_loss, unsigned int* grad_bad, AemHeadParams p
+#define AEM_POLICY_GRAD_ARGS                                                                   \
+  logits, targets, row_resp, resp_len, adv, logp, entropy, shift, log2_sum, old_logp,          \
+      ref_logp, T, V, dlogits, token_loss, grad_bad, p
+
 extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
-    policy_grad_f16_v1(const __half* logits, const unsigned int* __restrict__ targets,
-                       const int* __restrict__ row_resp, const unsigned int* __restrict__ resp_len,
-                       const float* __restrict__ adv, const float* __restrict__ logp,
-                       const float* __restrict__ entropy, const float* __restrict__ shift,
-                       const float* __restrict__ log2_sum, const float* __restrict__ old_logp, const float* __restrict__ ref_logp,
-                       int T, int V, __half* dlogits, float* __restrict__ token_loss,
-                       unsigned int* grad_bad, AemHeadParams p) {
-  aem_policy_grad_impl<__half>(logits, targets, row_resp, resp_len, adv, logp, entropy, shift,
-                               log2_sum, old_logp, ref_logp, T, V, dlogits, token_loss, grad_bad, p);
+    policy_grad_f16_f16_v1(AEM_POLICY_GRAD_PARAMS(__half, __half, )) {
+  aem_policy_grad_impl<__half, __half>(AEM_POLICY_GRAD_ARGS);
 }
 
 extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
-    policy_grad_f32_v1(const __half* __restrict__ logits, const unsigned int* __restrict__ targets,
-                       const int* __restrict__ row_resp, const unsigned int* __restrict__ resp_len,
-                       const float* __restrict__ adv, const float* __restrict__ logp,
-                       const float* __restrict__ entropy, const float* __restrict__ shift,
-                       const float* __restrict__ log2_sum, const float* __restrict__ old_logp, const float* __restrict__ ref_logp,
-                       int T, int V, float* __restrict__ dlogits, float* __restrict__ token_loss,
-                       unsigned int* grad_bad, AemHeadParams p) {
-  aem_policy_grad_impl<float>(logits, targets, row_resp, resp_len, adv, logp, entropy, shift,
-                              log2_sum, old_logp, ref_logp, T, V, dlogits, token_loss, grad_bad, p);
+    policy_grad_f16_bf16_v1(AEM_POLICY_GRAD_PARAMS(__half, __nv_bfloat16, __restrict__)) {
+  aem_policy_grad_impl<__half, __nv_bfloat16>(AEM_POLICY_GRAD_ARGS);
+}
+
+extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
+    policy_grad_f16_f32_v1(AEM_POLICY_GRAD_PARAMS(__half, float, __restrict__)) {
+  aem_policy_grad_impl<__half, float>(AEM_POLICY_GRAD_ARGS);
+}
+
+extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
+    policy_grad_bf16_f16_v1(AEM_POLICY_GRAD_PARAMS(__nv_bfloat16, __half, __restrict__)) {
+  aem_policy_grad_impl<__nv_bfloat16, __half>(AEM_POLICY_GRAD_ARGS);
+}
+
+extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
+    policy_grad_bf16_bf16_v1(AEM_POLICY_GRAD_PARAMS(__nv_bfloat16, __nv_bfloat16, )) {
+  aem_policy_grad_impl<__nv_bfloat16, __nv_bfloat16>(AEM_POLICY_GRAD_ARGS);
+}
+
+extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
+    policy_grad_bf16_f32_v1(AEM_POLICY_GRAD_PARAMS(__nv_bfloat16, float, __restrict__)) {
+  aem_policy_grad_impl<__nv_bfloat16, float>(AEM_POLICY_GRAD_ARGS);
 }
 
 // =============================================================================================
-// loss_head_fused_{f16,f32}_v1 — forward+backward of the policy-update pass. grid T, one block
+// loss_head_fused_{in}_{out}_v1 — forward+backward of the policy-update pass. grid T, one block
 // per row; dyn smem = row_cache_bytes.
-//   logits          (T, V) f16; may be the same buffer as dlogits for the f16 output (in place)
+//   logits          (T, V) f16 / bf16; may be the same buffer as dlogits when {in} = {out}
 //   targets         (T) u32
 //   row_resp        (T) i32: owning response or −1
 //   resp_len        (R) u32
@@ -788,30 +883,31 @@ extern "C" __global__ void AEM_LAUNCH_BOUNDS(AEM_MAX_THREADS)
 //   row_cache_bytes u32: the dynamic shared memory passed at launch. The row is cached (one read
 //                   of the logits) iff row_cache_bytes ≥ 2·(V + 8); the launcher passes
 //                   round_up(2·(V+8), 16) when that fits its opt-in limit, else 0 (two reads).
-//   dlogits         (T, V) f16 or f32 out (as policy_grad)
+//   dlogits         (T, V) {out} out (as policy_grad)
 //   logp, entropy, lse  (T) f32 out (as token_stats, all rows)
 //   token_loss      (T) f32 out: ℓ_t unweighted, 0 for unowned rows
 //   bad_count (1) u32 (launcher: 0), first_bad_row (1) u32 (launcher: 0xFFFFFFFF)
 //   grad_bad        (2) u32 in/out (as policy_grad)
 //   p               AemHeadParams
 // =============================================================================================
-template <typename OutT>
+template <typename In, typename OutT>
 __device__ __forceinline__ void aem_fused_impl(
-    const __half* logits, const unsigned int* targets, const int* row_resp,
+    const In* logits, const unsigned int* targets, const int* row_resp,
     const unsigned int* resp_len, const float* adv, const float* old_logp, const float* ref_logp,
     int T, int V, unsigned int row_cache_bytes, OutT* dlogits, float* logp, float* entropy,
     float* lse, float* token_loss, unsigned int* bad_count, unsigned int* first_bad_row,
     unsigned int* grad_bad, const AemHeadParams& p) {
   const long long t = blockIdx.x;
   if (t >= T) return;  // uniform over the block
-  AEM_DYN_SMEM(__half, cache);
+  AEM_DYN_SMEM(In, cache);
   const bool cached = (unsigned long long)row_cache_bytes >= 2ull * ((unsigned long long)V + 8ull);
-  const __half* row = logits + aem_row_offset(t, V);
+  const In* row = logits + aem_row_offset(t, V);
   const unsigned int y = targets[t];
   // Both read the whole row (and x_y) before the block barrier inside; writes come after it.
   const AemRowStats rs = cached
-                             ? aem_row_stats_block<true>(row, y, V, p.inv_temperature, cache)
-                             : aem_row_stats_block<false>(row, y, V, p.inv_temperature, nullptr);
+                             ? aem_row_stats_block<true, In>(row, y, V, p.inv_temperature, cache)
+                             : aem_row_stats_block<false, In>(row, y, V, p.inv_temperature,
+                                                              nullptr);
   if (threadIdx.x == 0)
     aem_write_row_stats(t, rs, logp, entropy, lse, nullptr, nullptr, bad_count, first_bad_row);
 
@@ -828,42 +924,51 @@ __device__ __forceinline__ void aem_fused_impl(
   if (threadIdx.x == 0) token_loss[t] = tl.loss;
   const AemGradCoef k = aem_grad_coef(rs.shift, rs.log2_sum, rs.entropy, tl.g, resp_len[r], p);
   const unsigned bad =
-      cached ? aem_grad_row<OutT, true>(row, cache, out, V, y, k, threadIdx.x, blockDim.x)
-             : aem_grad_row<OutT, false>(row, nullptr, out, V, y, k, threadIdx.x, blockDim.x);
+      cached ? aem_grad_row<In, OutT, true>(row, cache, out, V, y, k, threadIdx.x, blockDim.x)
+             : aem_grad_row<In, OutT, false>(row, nullptr, out, V, y, k, threadIdx.x, blockDim.x);
   aem_count_grad_bad(bad, t, grad_bad);
 }
 
+#define AEM_LOSS_HEAD_FUSED_PARAMS(IN, OUT, NR)                                                \
+  const IN* NR logits, const unsigned int* __restrict__ targets,                               \
+      const int* __restrict__ row_resp, const unsigned int* __restrict__ resp_len,             \
+      const float* __restrict__ adv, const float* __restrict__ old_logp,                       \
+      const float* __restrict__ ref_logp, int T, int V, unsigned int row_cache_bytes,          \
+      OUT* NR dlogits, float* __restrict__ logp, float* __restrict__ entropy,                  \
+      float* __restrict__ lse, float* __restrict__ token_loss, unsigned int* bad_count,        \
+      unsigned int* first_bad_row, unsigned int* grad_bad, AemHeadParams p
+#define AEM_LOSS_HEAD_FUSED_ARGS                                                               \
+  logits, targets, row_resp, resp_len, adv, old_logp, ref_logp, T, V, row_cache_bytes,         \
+      dlogits, logp, entropy, lse, token_loss, bad_count, first_bad_row, grad_bad, p
+
 extern "C" __global__ void AEM_LAUNCH_BOUNDS_1(AEM_MAX_THREADS)
-    loss_head_fused_f16_v1(const __half* logits, const unsigned int* __restrict__ targets,
-                           const int* __restrict__ row_resp,
-                           const unsigned int* __restrict__ resp_len,
-                           const float* __restrict__ adv, const float* __restrict__ old_logp,
-                           const float* __restrict__ ref_logp, int T, int V,
-                           unsigned int row_cache_bytes, __half* dlogits, float* __restrict__ logp,
-                           float* __restrict__ entropy, float* __restrict__ lse,
-                           float* __restrict__ token_loss, unsigned int* bad_count,
-                           unsigned int* first_bad_row, unsigned int* grad_bad,
-                           AemHeadParams p) {
-  aem_fused_impl<__half>(logits, targets, row_resp, resp_len, adv, old_logp, ref_logp, T, V,
-                         row_cache_bytes, dlogits, logp, entropy, lse, token_loss, bad_count,
-                         first_bad_row, grad_bad, p);
+    loss_head_fused_f16_f16_v1(AEM_LOSS_HEAD_FUSED_PARAMS(__half, __half, )) {
+  aem_fused_impl<__half, __half>(AEM_LOSS_HEAD_FUSED_ARGS);
 }
 
 extern "C" __global__ void AEM_LAUNCH_BOUNDS_1(AEM_MAX_THREADS)
-    loss_head_fused_f32_v1(const __half* __restrict__ logits,
-                           const unsigned int* __restrict__ targets,
-                           const int* __restrict__ row_resp,
-                           const unsigned int* __restrict__ resp_len,
-                           const float* __restrict__ adv, const float* __restrict__ old_logp,
-                           const float* __restrict__ ref_logp, int T, int V,
-                           unsigned int row_cache_bytes, float* __restrict__ dlogits,
-                           float* __restrict__ logp, float* __restrict__ entropy,
-                           float* __restrict__ lse, float* __restrict__ token_loss,
-                           unsigned int* bad_count, unsigned int* first_bad_row,
-                           unsigned int* grad_bad, AemHeadParams p) {
-  aem_fused_impl<float>(logits, targets, row_resp, resp_len, adv, old_logp, ref_logp, T, V,
-                        row_cache_bytes, dlogits, logp, entropy, lse, token_loss, bad_count,
-                        first_bad_row, grad_bad, p);
+    loss_head_fused_f16_bf16_v1(AEM_LOSS_HEAD_FUSED_PARAMS(__half, __nv_bfloat16, __restrict__)) {
+  aem_fused_impl<__half, __nv_bfloat16>(AEM_LOSS_HEAD_FUSED_ARGS);
+}
+
+extern "C" __global__ void AEM_LAUNCH_BOUNDS_1(AEM_MAX_THREADS)
+    loss_head_fused_f16_f32_v1(AEM_LOSS_HEAD_FUSED_PARAMS(__half, float, __restrict__)) {
+  aem_fused_impl<__half, float>(AEM_LOSS_HEAD_FUSED_ARGS);
+}
+
+extern "C" __global__ void AEM_LAUNCH_BOUNDS_1(AEM_MAX_THREADS)
+    loss_head_fused_bf16_f16_v1(AEM_LOSS_HEAD_FUSED_PARAMS(__nv_bfloat16, __half, __restrict__)) {
+  aem_fused_impl<__nv_bfloat16, __half>(AEM_LOSS_HEAD_FUSED_ARGS);
+}
+
+extern "C" __global__ void AEM_LAUNCH_BOUNDS_1(AEM_MAX_THREADS)
+    loss_head_fused_bf16_bf16_v1(AEM_LOSS_HEAD_FUSED_PARAMS(__nv_bfloat16, __nv_bfloat16, )) {
+  aem_fused_impl<__nv_bfloat16, __nv_bfloat16>(AEM_LOSS_HEAD_FUSED_ARGS);
+}
+
+extern "C" __global__ void AEM_LAUNCH_BOUNDS_1(AEM_MAX_THREADS)
+    loss_head_fused_bf16_f32_v1(AEM_LOSS_HEAD_FUSED_PARAMS(__nv_bfloat16, float, __restrict__)) {
+  aem_fused_impl<__nv_bfloat16, float>(AEM_LOSS_HEAD_FUSED_ARGS);
 }
 
 // =============================================================================================

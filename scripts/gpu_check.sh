@@ -8,10 +8,11 @@
 # results/gpu/<date>-<device>/):
 #   env        aem doctor (driver, GPU, limits, embedded images, which one loads, NVRTC) + nvidia-smi
 #   smoke      the default plan on a small demo batch: aem head --backend cuda vs --backend cpu
+#   bf16       the same on BF16 logits with a BF16 gradient
 #   parity     the gpu_parity suite with AEM_REQUIRE_CUDA=1 (every plan, limits, static shared memory)
 #   model      the model's and the trainer's device tests on the GPU (AEM_REQUIRE_CUDA=1)
-#   bench      the loss-head bench's GPU groups at T = 16384, V ∈ {32000, 151936} (f16; % of the
-#              measured device-copy bandwidth is printed by the bench)
+#   bench      the loss-head bench's GPU groups at T = 16384, V ∈ {32000, 151936}, f16 and bf16
+#              (% of the measured device-copy bandwidth is printed by the bench)
 #   big        aem head --backend cuda at T·V > 2^31 against --backend cpu (sampled dlogits rows)
 #   sanitizer  compute-sanitizer memcheck and racecheck over gpu_parity, when the tool is present
 # Exits non-zero when any step fails. Without a GPU every GPU step is SKIP with the reason.
@@ -77,6 +78,11 @@ if [ "$have_gpu" = 1 ]; then
     '$AEM' head --backend cuda --input '$OUT/smoke-in.safetensors' --output '$OUT/smoke-cuda.safetensors' &&
     '$AEM' head --backend cpu --input '$OUT/smoke-in.safetensors' --output '$OUT/smoke-cpu.safetensors' &&
     '$PY' '$ROOT/scripts/head_compare.py' '$OUT/smoke-cuda.safetensors' '$OUT/smoke-cpu.safetensors'"
+  run_step bf16 bf16 bash -c "
+    '$AEM' demo-input --output '$OUT/bf16-in.safetensors' --responses 64 --vocab 32000 --logits-dtype bf16 &&
+    '$AEM' head --backend cuda --grad-dtype bf16 --input '$OUT/bf16-in.safetensors' --output '$OUT/bf16-cuda.safetensors' &&
+    '$AEM' head --backend cpu --grad-dtype bf16 --input '$OUT/bf16-in.safetensors' --output '$OUT/bf16-cpu.safetensors' &&
+    '$PY' '$ROOT/scripts/head_compare.py' '$OUT/bf16-cuda.safetensors' '$OUT/bf16-cpu.safetensors'"
   run_step parity parity "$BIN/gpu_parity" --nocapture --test-threads 1
   run_step model model bash -c "'$BIN/model_device' gpu --nocapture && '$BIN/train_device' gpu --nocapture"
   run_step bench bench env AEM_BENCH_GPU_T=16384 "$BIN/loss_head" --bench --warm-up-time 1 --measurement-time 3 cuda
@@ -94,11 +100,10 @@ if [ "$have_gpu" = 1 ]; then
   else
     record sanitizer SKIP "compute-sanitizer not on PATH"
   fi
-  rm -f "$OUT"/smoke-*.safetensors
+  rm -f "$OUT"/smoke-*.safetensors "$OUT"/bf16-*.safetensors
 else
-  for s in smoke parity model bench big sanitizer; do record "$s" SKIP "$why"; done
+  for s in smoke bf16 parity model bench big sanitizer; do record "$s" SKIP "$why"; done
 fi
-record bf16 SKIP "bf16 logits are not implemented yet (issue: bf16 end to end)"
 
 echo "gpu_check: $fails failed; summary $SUMMARY"
 [ "$fails" = 0 ]

@@ -15,9 +15,12 @@ import sys
 
 import numpy as np
 
-DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I32": np.int32, "I64": np.int64}
-# Sanity bounds: |got − want| ≤ ABS + REL·|want|.
+DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I32": np.int32, "I64": np.int64,
+          "BF16": np.uint16}
+# Sanity bounds: |got − want| ≤ ABS + REL·|want| (BF16: one bf16 ulp, 2^-7, relative, since the
+# two sides may round an f32 value of the same size to neighbouring bf16 values).
 ABS, REL = 1e-3, 1e-3
+REL_BF16 = 2.0 ** -7
 
 
 def open_st(path):
@@ -34,7 +37,10 @@ def open_st(path):
         shape = h["shape"]
         flat = mm[base + a:base + b].view(dt)
         arr = flat.reshape(shape) if shape else flat.reshape(())
-        return arr if rows is None else arr[rows]
+        arr = arr if rows is None else arr[rows]
+        if h["dtype"] == "BF16":  # numpy has no bfloat16: the bits are the top half of an f32
+            arr = (np.asarray(arr).astype(np.uint32) << 16).view(np.float32)
+        return arr
 
     return header, get
 
@@ -63,14 +69,15 @@ def main(argv):
             bad.append(f"{name}: shape {g.shape} vs {w.shape}")
             continue
         d = np.abs(g - w)
-        worst = float(np.max(d - (ABS + REL * np.abs(w)))) if d.size else -1.0
+        rel_bound = REL_BF16 if hw[name]["dtype"] == "BF16" else REL
+        worst = float(np.max(d - (ABS + rel_bound * np.abs(w)))) if d.size else -1.0
         rel = float(np.max(d / np.maximum(np.abs(w), 1e-30))) if d.size else 0.0
         what = f"{name:<18} max |Δ| {float(d.max()) if d.size else 0.0:.3e}  max rel {rel:.3e}"
         if rows is not None:
             what += f"  ({len(rows)} sampled rows)"
         print(what)
         if not np.all(np.isfinite(g)) or worst > 0:
-            bad.append(f"{name}: beyond |Δ| ≤ {ABS} + {REL}·|want|")
+            bad.append(f"{name}: beyond |Δ| ≤ {ABS} + {rel_bound}·|want|")
     for b in bad:
         print("FAIL", b)
     return 1 if bad else 0

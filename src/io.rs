@@ -3,7 +3,7 @@
 //! half-written output.
 
 use crate::error::{Error, Result};
-use half::f16;
+use half::{bf16, f16};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -162,15 +162,33 @@ impl TensorFile {
 
     /// An F16 tensor.
     pub fn f16(&self, name: &str) -> Result<Tensor<f16>> {
-        let (dt, shape, data) = self.required(name)?;
-        if dt != Dtype::F16 {
-            return Err(self.err(format!("tensor {name:?}: expected dtype F16, got {dt:?}")));
+        match self.half(name)? {
+            Half::F16(t) => Ok(t),
+            Half::Bf16(_) => {
+                Err(self.err(format!("tensor {name:?}: expected dtype F16, got BF16")))
+            }
         }
-        let data = data
+    }
+
+    /// A 16-bit float tensor, F16 or BF16.
+    pub fn half(&self, name: &str) -> Result<Half> {
+        let (dt, shape, data) = self.required(name)?;
+        let words = data
             .chunks_exact(2)
-            .map(|b| f16::from_le_bytes([b[0], b[1]]))
-            .collect();
-        Ok(Tensor { data, shape })
+            .map(|b| u16::from_le_bytes([b[0], b[1]]));
+        match dt {
+            Dtype::F16 => Ok(Half::F16(Tensor {
+                data: words.map(f16::from_bits).collect(),
+                shape,
+            })),
+            Dtype::BF16 => Ok(Half::Bf16(Tensor {
+                data: words.map(bf16::from_bits).collect(),
+                shape,
+            })),
+            other => Err(self.err(format!(
+                "tensor {name:?}: expected dtype F16 or BF16, got {other:?}"
+            ))),
+        }
     }
 
     /// An F32 tensor, or `None` when absent.
@@ -241,10 +259,19 @@ impl TensorFile {
     }
 }
 
+/// A 16-bit float tensor as read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Half {
+    F16(Tensor<f16>),
+    Bf16(Tensor<bf16>),
+}
+
 /// A tensor to write (bytes are the host's, little-endian on every supported target).
+#[derive(Debug, Clone, PartialEq)]
 pub enum OutTensor {
     F32(Vec<f32>, Vec<usize>),
     F16(Vec<f16>, Vec<usize>),
+    Bf16(Vec<bf16>, Vec<usize>),
     U32(Vec<u32>, Vec<usize>),
     I64(Vec<i64>, Vec<usize>),
 }
@@ -254,6 +281,7 @@ impl OutTensor {
         match self {
             OutTensor::F32(v, _) => bytemuck::cast_slice(v).to_vec(),
             OutTensor::F16(v, _) => bytemuck::cast_slice(v).to_vec(),
+            OutTensor::Bf16(v, _) => bytemuck::cast_slice(v).to_vec(),
             OutTensor::U32(v, _) => bytemuck::cast_slice(v).to_vec(),
             OutTensor::I64(v, _) => bytemuck::cast_slice(v).to_vec(),
         }
@@ -262,6 +290,7 @@ impl OutTensor {
         match self {
             OutTensor::F32(_, s) => (Dtype::F32, s),
             OutTensor::F16(_, s) => (Dtype::F16, s),
+            OutTensor::Bf16(_, s) => (Dtype::BF16, s),
             OutTensor::U32(_, s) => (Dtype::U32, s),
             OutTensor::I64(_, s) => (Dtype::I64, s),
         }

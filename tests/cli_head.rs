@@ -5,7 +5,7 @@ mod common;
 use aem::head::file::{self, Backend, GradDtype, GradOut};
 use aem::head::HeadConfig;
 use aem::io::{write_tensors, OutTensor, TensorFile};
-use common::{problem, Spec};
+use common::{logits_f64, problem, to_bf16, Spec};
 use std::path::Path;
 use std::process::Command;
 
@@ -25,7 +25,7 @@ fn write_input(path: &Path, d: &file::HeadData, i64_ints: bool, skip: &str) {
         }
     };
     let mut ts: Vec<(&str, OutTensor)> = vec![
-        ("logits", OutTensor::F16(d.logits.clone(), vec![t, d.vocab])),
+        ("logits", common::logits_tensor(d)),
         ("targets", ints(&d.targets)),
         ("resp_start", ints(&d.resp_start)),
         ("resp_len", ints(&d.resp_len)),
@@ -53,10 +53,16 @@ fn head_round_trips_and_matches_the_library() {
             ..Spec::default()
         },
     );
-    for (i64_ints, dtype) in [(false, "f32"), (true, "f16")] {
+    let b16 = to_bf16(&d);
+    for (i64_ints, dtype, d) in [
+        (false, "f32", &d),
+        (true, "f16", &d),
+        (false, "bf16", &b16),
+        (true, "f32", &b16),
+    ] {
         let input = dir.path().join(format!("in_{dtype}.safetensors"));
         let output = dir.path().join(format!("out_{dtype}.safetensors"));
-        write_input(&input, &d, i64_ints, "");
+        write_input(&input, d, i64_ints, "");
         let st = aem()
             .args(["head", "--input"])
             .arg(&input)
@@ -87,12 +93,12 @@ fn head_round_trips_and_matches_the_library() {
             agg: aem::head::Aggregation::SeqMeanTokenMean,
             ..HeadConfig::default()
         };
-        let gd = if dtype == "f16" {
-            GradDtype::F16
-        } else {
-            GradDtype::F32
+        let gd = match dtype {
+            "f16" => GradDtype::F16,
+            "bf16" => GradDtype::Bf16,
+            _ => GradDtype::F32,
         };
-        let want = file::compute(&d, &cfg, gd, Backend::Cpu).unwrap();
+        let want = file::compute(d, &cfg, gd, Backend::Cpu).unwrap();
         let f = TensorFile::open(&output).unwrap();
         assert_eq!(f.f32("logp").unwrap().data, want.logp);
         assert_eq!(f.f32("entropy").unwrap().data, want.entropy);
@@ -107,13 +113,17 @@ fn head_round_trips_and_matches_the_library() {
         assert_eq!(f.f32("adv").unwrap().data, want.adv);
         let loss = f.f32("loss").unwrap();
         assert_eq!((loss.data, loss.shape), (vec![want.loss], vec![]));
-        match want.dlogits {
-            GradOut::F16(g) => {
-                let got = f.f16("dlogits").unwrap();
+        match (want.dlogits, f.half("dlogits")) {
+            (GradOut::F16(g), Ok(aem::io::Half::F16(got))) => {
                 assert_eq!(got.shape, vec![d.targets.len(), 257]);
                 assert_eq!(got.data, g);
             }
-            GradOut::F32(g) => assert_eq!(f.f32("dlogits").unwrap().data, g),
+            (GradOut::Bf16(g), Ok(aem::io::Half::Bf16(got))) => {
+                assert_eq!(got.shape, vec![d.targets.len(), 257]);
+                assert_eq!(got.data, g);
+            }
+            (GradOut::F32(g), _) => assert_eq!(f.f32("dlogits").unwrap().data, g),
+            (g, got) => panic!("dlogits: wrote {got:?}, expected {:?}", g.dtype()),
         }
     }
 }
@@ -161,7 +171,7 @@ fn bad_files_are_one_line_errors_and_write_nothing() {
         (
             "logits",
             OutTensor::F32(
-                d.logits.iter().map(|x| x.to_f32()).collect(),
+                logits_f64(&d).iter().map(|&x| x as f32).collect(),
                 vec![t, d.vocab],
             ),
         ),
@@ -179,7 +189,7 @@ fn bad_files_are_one_line_errors_and_write_nothing() {
         "--output",
         &out,
     ]);
-    assert!(e.contains("expected dtype F16"), "{e}");
+    assert!(e.contains("expected dtype F16 or BF16"), "{e}");
 
     // A validation error from the head itself.
     let mut bad = d.clone();
@@ -238,7 +248,6 @@ fn bad_files_are_one_line_errors_and_write_nothing() {
 
 #[test]
 fn head_emu_backend_matches_cpu_within_the_parity_tolerance() {
-    let dir = tempfile::tempdir().unwrap();
     let d = problem(
         31,
         Spec {
@@ -247,8 +256,16 @@ fn head_emu_backend_matches_cpu_within_the_parity_tolerance() {
             ..Spec::default()
         },
     );
+    emu_matches_cpu(&d, "f16");
+    emu_matches_cpu(&to_bf16(&d), "bf16");
+}
+
+/// `aem head --backend emu` and `--backend cpu` on one file, the gradient in `grad` (the
+/// logits' own dtype), held to the parity rule.
+fn emu_matches_cpu(d: &file::HeadData, grad: &str) {
+    let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.safetensors");
-    write_input(&input, &d, false, "");
+    write_input(&input, d, false, "");
     let mut outs = Vec::new();
     for backend in ["cpu", "emu"] {
         let output = dir.path().join(format!("out_{backend}.safetensors"));
@@ -257,7 +274,7 @@ fn head_emu_backend_matches_cpu_within_the_parity_tolerance() {
             .arg(&input)
             .arg("--output")
             .arg(&output)
-            .args(["--kl-coef", "0.1", "--grad-dtype", "f16"])
+            .args(["--kl-coef", "0.1", "--grad-dtype", grad])
             .output()
             .unwrap();
         assert!(
@@ -272,20 +289,29 @@ fn head_emu_backend_matches_cpu_within_the_parity_tolerance() {
         kl_coef: 0.1,
         ..HeadConfig::default()
     };
-    let f32path = aem::cpu::loss_head::<f32, half::f16>(&d.inputs(), &cfg).unwrap();
+    // The plain f32 path, its gradient rounded to the file's gradient dtype.
+    let (f32path, g32): (_, Vec<f64>) = if grad == "bf16" {
+        let o = aem::cpu::loss_head::<f32, half::bf16>(&d.inputs(), &cfg).unwrap();
+        (
+            o.fwd,
+            o.dlogits.iter().map(|x| f64::from(x.to_f32())).collect(),
+        )
+    } else {
+        let o = aem::cpu::loss_head::<f32, half::f16>(&d.inputs(), &cfg).unwrap();
+        (
+            o.fwd,
+            o.dlogits.iter().map(|x| f64::from(x.to_f32())).collect(),
+        )
+    };
     let r64 = aem::cpu::loss_head::<f64, f64>(&d.inputs(), &cfg).unwrap();
     let emu = outs[1].f32("entropy").unwrap().data;
     let e64 = &r64.fwd.tokens.entropy;
-    let zmax = d
-        .logits
-        .iter()
-        .fold(0.0f64, |m, x| m.max(f64::from(x.to_f32()).abs()));
+    let zmax = logits_f64(d).iter().fold(0.0f64, |m, x| m.max(x.abs()));
     common::within(
         "entropy",
         &emu.iter().map(|&x| f64::from(x)).collect::<Vec<_>>(),
         e64,
         &f32path
-            .fwd
             .tokens
             .entropy
             .iter()
@@ -294,25 +320,17 @@ fn head_emu_backend_matches_cpu_within_the_parity_tolerance() {
         zmax,
         "aem head --backend emu",
     );
-    let g_emu: Vec<f64> = outs[1]
-        .f16("dlogits")
-        .unwrap()
-        .data
-        .iter()
-        .map(|x| f64::from(x.to_f32()))
-        .collect();
-    let g32: Vec<f64> = f32path
-        .dlogits
-        .iter()
-        .map(|x| f64::from(x.to_f32()))
-        .collect();
+    let g_emu: Vec<f64> = match outs[1].half("dlogits").unwrap() {
+        aem::io::Half::F16(g) => g.data.iter().map(|x| f64::from(x.to_f32())).collect(),
+        aem::io::Half::Bf16(g) => g.data.iter().map(|x| f64::from(x.to_f32())).collect(),
+    };
     common::within(
         "dlogits",
         &g_emu,
         &r64.dlogits,
         &g32,
         0.0,
-        "aem head --backend emu",
+        &format!("aem head --backend emu, {grad}"),
     );
     let (lc, le) = (
         outs[0].f32("loss").unwrap().data[0],

@@ -72,7 +72,7 @@ proptest! {
     ) {
         let logits: Vec<half::f16> = (0..t * v).map(|i| half::f16::from_f32((i as f32 * 0.37).sin())).collect();
         let inp = head::HeadInputs {
-            logits: &logits, vocab: v, targets: &targets, resp_start: &starts, resp_len: &lens,
+            logits: aem::head::Logits::F16(&logits), vocab: v, targets: &targets, resp_start: &starts, resp_len: &lens,
             resp_group: &groups, n_groups, adv_base: &adv, old_logp: None, ref_logp: None,
         };
         if let Ok(o) = cpu::loss_head::<f64, f32>(&inp, &HeadConfig::default()) {

@@ -64,7 +64,7 @@ fn inputs_for<'a>(
     adv: &'a [f32],
 ) -> HeadInputs<'a> {
     HeadInputs {
-        logits,
+        logits: aem::head::Logits::F16(logits),
         vocab: 1,
         targets,
         resp_start: resp.0,
@@ -252,7 +252,7 @@ fn fd_check(cfg: &HeadConfig, seed: u64) {
     );
     let inp = d.inputs();
     let layout = head::validate(&inp, cfg).unwrap();
-    let x: Vec<f64> = d.logits.iter().map(|v| f64::from(v.to_f32())).collect();
+    let x: Vec<f64> = common::logits_f64(&d);
     let fwd = cpu::forward::<f64>(&inp, cfg, &layout);
     let adv = fwd.aem.adv.clone();
     let ts = cpu::token_stats_of::<f64, f64>(&x, d.vocab, &d.targets, cfg.temperature);

@@ -107,7 +107,7 @@ fn the_emulator_refuses_what_the_impersonated_gpu_would_refuse() {
     assert_eq!(dev.limits(), Limits::SM80);
     assert_eq!(dev.static_smem("loss_reduce_v1").unwrap(), 144);
     assert_eq!(
-        dev.max_dyn_smem("loss_head_fused_f16_v1").unwrap(),
+        dev.max_dyn_smem("loss_head_fused_f16_f16_v1").unwrap(),
         163 * 1024 - 400
     );
     // A launch over the block limit never reaches the kernel.

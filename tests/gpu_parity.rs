@@ -6,7 +6,7 @@ mod common;
 
 use aem::device::Device;
 use aem::head::file::GradDtype;
-use aem::head::launch::{BackwardPlan, ForwardPlan, Plan, TokenStatsKernel};
+use aem::head::launch::{BackwardPlan, ForwardPlan, Plan};
 use aem::head::HeadConfig;
 use common::{check_parity, check_row_cache_launch, problem, Spec};
 
@@ -45,41 +45,35 @@ fn gpu_parity_every_plan() {
                 ..Spec::default()
             },
         );
-        for block in [32u32, 256, 1024] {
-            for forward in [
-                ForwardPlan::Unfused(TokenStatsKernel::V1),
-                ForwardPlan::Unfused(TokenStatsKernel::V2),
-                ForwardPlan::Unfused(TokenStatsKernel::V3),
-                ForwardPlan::Fused,
-            ] {
-                for backward in [
-                    BackwardPlan::Separate,
-                    BackwardPlan::Fused { row_cache: false },
-                    BackwardPlan::Fused { row_cache: true },
-                ] {
-                    for (dtype, in_place) in [
-                        (GradDtype::F32, false),
-                        (GradDtype::F16, false),
-                        (GradDtype::F16, true),
-                    ] {
-                        let cfg = HeadConfig {
-                            entropy_coef: 0.01,
-                            kl_coef: 0.1,
-                            dual_clip: Some(3.0),
-                            ..HeadConfig::default()
-                        };
-                        check_parity(
-                            &dev,
-                            &d,
-                            &cfg,
-                            dtype,
-                            &Plan {
+        // Both logits dtypes; every gradient dtype, in place for the logits' own.
+        for d in common::each_dtype(&d) {
+            let (own, other) = match d.logits {
+                aem::head::file::LogitsVec::F16(_) => (GradDtype::F16, GradDtype::Bf16),
+                aem::head::file::LogitsVec::Bf16(_) => (GradDtype::Bf16, GradDtype::F16),
+            };
+            for block in [32u32, 256, 1024] {
+                for forward in ForwardPlan::ALL {
+                    for backward in BackwardPlan::ALL {
+                        for (dtype, in_place) in [
+                            (GradDtype::F32, false),
+                            (own, false),
+                            (own, true),
+                            (other, false),
+                        ] {
+                            let cfg = HeadConfig {
+                                entropy_coef: 0.01,
+                                kl_coef: 0.1,
+                                dual_clip: Some(3.0),
+                                ..HeadConfig::default()
+                            };
+                            let plan = Plan {
                                 forward,
                                 backward,
                                 block,
                                 in_place,
-                            },
-                        );
+                            };
+                            check_parity(&dev, &d, &cfg, dtype, &plan);
+                        }
                     }
                 }
             }

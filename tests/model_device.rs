@@ -113,7 +113,7 @@ fn batch() -> Batch {
 
 fn inputs<'a>(bt: &'a Batch, logits: &'a [f16]) -> HeadInputs<'a> {
     HeadInputs {
-        logits,
+        logits: aem::head::Logits::F16(logits),
         vocab: CFG.vocab,
         targets: &bt.targets,
         resp_start: &bt.resp_start,

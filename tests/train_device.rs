@@ -220,7 +220,7 @@ fn device_update_plan_reproduces_the_host_alpha_pipeline() {
     assert_eq!(hcfg.lambda, 1.0);
     let adv32: Vec<f32> = p.adv.iter().map(|&a| a as f32).collect();
     let inp = HeadInputs {
-        logits: &head_logits,
+        logits: aem::head::Logits::F16(&head_logits),
         vocab: v,
         targets: &p.targets,
         resp_start: &p.resp_start,
@@ -248,7 +248,10 @@ fn device_update_plan_reproduces_the_host_alpha_pipeline() {
     let got = launch::loss_head_update_resident(
         &dev,
         &mut logits_dev,
-        &HeadInputs { logits: &[], ..inp },
+        &HeadInputs {
+            logits: aem::head::Logits::F16(&[]),
+            ..inp
+        },
         &hcfg,
         launch::GradDst::F32(&mut dl_dev),
         Plan::default().block,

@@ -17,7 +17,7 @@ fn head_row(logits: &[f16], vocab: usize, y: u32, a: f32, old: f32) -> (f64, f64
     let adv = [a];
     let old_logp = [old];
     let inp = HeadInputs {
-        logits,
+        logits: aem::head::Logits::F16(logits),
         vocab,
         targets: &targets,
         resp_start: &[0],

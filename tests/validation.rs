@@ -26,7 +26,7 @@ fn the_generated_batch_is_valid() {
 #[test]
 fn shape_mismatches_name_the_argument() {
     let mut d = base();
-    d.logits.pop();
+    common::f16s_mut(&mut d).pop();
     assert!(matches!(
         err_of(&d, &HeadConfig::default()),
         Error::Shape { arg: "logits", .. }
@@ -60,7 +60,7 @@ fn shape_mismatches_name_the_argument() {
     }
     let mut d = base();
     d.vocab = 0;
-    d.logits.clear();
+    common::f16s_mut(&mut d).clear();
     assert!(matches!(
         err_of(&d, &HeadConfig::default()),
         Error::Shape { arg: "logits", .. }
@@ -133,8 +133,8 @@ fn response_errors() {
 fn non_finite_values_name_the_first_bad_element() {
     let mut d = base();
     let v = d.vocab;
-    d.logits[5 * v + 3] = f16::NAN;
-    d.logits[7 * v] = f16::INFINITY;
+    common::f16s_mut(&mut d)[5 * v + 3] = f16::NAN;
+    common::f16s_mut(&mut d)[7 * v] = f16::INFINITY;
     match err_of(&d, &HeadConfig::default()) {
         Error::NonFinite {
             arg: "logits",
@@ -145,9 +145,16 @@ fn non_finite_values_name_the_first_bad_element() {
         e => panic!("{e}"),
     }
     let mut d = base();
-    d.logits[2 * v + 1] = f16::NEG_INFINITY;
+    common::f16s_mut(&mut d)[2 * v + 1] = f16::NEG_INFINITY;
     let msg = err_of(&d, &HeadConfig::default()).to_string();
     assert!(msg.contains("logits[2, 1]"), "{msg}");
+    // bf16 logits: the same scan, the same error.
+    let mut b = common::to_bf16(&base());
+    if let aem::head::file::LogitsVec::Bf16(x) = &mut b.logits {
+        x[5 * v + 3] = half::bf16::NAN;
+    }
+    let msg = err_of(&b, &HeadConfig::default()).to_string();
+    assert!(msg.contains("logits[5, 3]"), "{msg}");
 
     for (arg, f) in [
         (

@@ -577,17 +577,24 @@ struct DemoArgs {
     /// Vocabulary size V.
     #[arg(long, value_parser = count, default_value_t = 1024)]
     vocab: usize,
+    /// The logits' dtype in the file (bf16: the f16 values rounded to bf16).
+    #[arg(long, value_enum, default_value = "f16")]
+    logits_dtype: aem::head::LogitDtype,
 }
 
 fn demo_input(a: DemoArgs) -> aem::Result<()> {
-    let d = file::demo_batch(a.seed, a.responses, a.group_size, a.max_len, a.vocab)?;
+    let mut d = file::demo_batch(a.seed, a.responses, a.group_size, a.max_len, a.vocab)?;
+    if a.logits_dtype == aem::head::LogitDtype::Bf16 {
+        d.logits = d.logits.to_bf16();
+    }
     file::write_inputs(&a.output, &d)?;
     eprintln!(
-        "aem demo-input: T={} V={} R={} G={} -> {}",
+        "aem demo-input: T={} V={} R={} G={} logits {} -> {}",
         d.targets.len(),
         d.vocab,
         d.resp_start.len(),
         d.n_groups,
+        a.logits_dtype.name(),
         a.output.display()
     );
     Ok(())

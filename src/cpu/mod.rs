@@ -10,7 +10,7 @@
 //! `aem_alpha`, `policy_loss`, `policy_grad`.
 
 use crate::head::{HeadConfig, HeadInputs, Layout};
-use half::f16;
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 /// An accumulation type of the reference (`f32` or `f64`).
@@ -61,25 +61,28 @@ impl GradElem for f64 {
     }
 }
 
-/// A logit element the reference reads (`f16` in production; `f32`/`f64` for finite differences).
-pub trait Logit: Copy + Send + Sync {
-    fn to_f64(self) -> f64;
-}
-impl Logit for f16 {
-    fn to_f64(self) -> f64 {
-        f64::from(self.to_f32())
+impl GradElem for bf16 {
+    fn from_real<F: Real>(x: F) -> Self {
+        // Round once: `half`'s f64 → bf16 ignores the low 32 bits in its sticky bit, and
+        // f64 → f32 → bf16 would round twice. f64 → f32 rounded to odd (truncate, then set the
+        // last bit if inexact) keeps the sticky information, so the f32 → bf16 step rounds
+        // correctly (24 ≥ 8 + 2 significand bits).
+        let x = x.to_f64();
+        let f = x as f32;
+        if !f.is_finite() || f64::from(f) == x {
+            return bf16::from_f32(f);
+        }
+        let toward_zero = if f64::from(f).abs() > x.abs() {
+            f32::from_bits(f.to_bits() - 1) // f ≠ 0 here, so its magnitude bits are ≥ 1
+        } else {
+            f
+        };
+        bf16::from_f32(f32::from_bits(toward_zero.to_bits() | 1))
     }
 }
-impl Logit for f32 {
-    fn to_f64(self) -> f64 {
-        f64::from(self)
-    }
-}
-impl Logit for f64 {
-    fn to_f64(self) -> f64 {
-        self
-    }
-}
+
+/// A logit element the reference reads (defined with the inputs, in `head`).
+pub use crate::head::Logit;
 
 /// Per-row statistics (AEM.md §1).
 #[derive(Debug, Clone, PartialEq)]
@@ -132,10 +135,10 @@ pub fn row_stats<F: Real, X: Logit>(row: &[X], target: usize, inv_t: F) -> RowSt
     }
 }
 
-/// token_stats: logits (T, V) f16, targets (T) u32 → logp, entropy, lse, shift, log_sum (T).
+/// token_stats: logits (T, V) f16 or bf16, targets (T) u32 → logp, entropy, lse, shift, log_sum (T).
 /// Rows in parallel.
 pub fn token_stats<F: Real>(inp: &HeadInputs, cfg: &HeadConfig) -> TokenStats<F> {
-    token_stats_of(inp.logits, inp.vocab, inp.targets, cfg.temperature)
+    crate::with_logits!(inp.logits, x => token_stats_of(x, inp.vocab, inp.targets, cfg.temperature))
 }
 
 /// token_stats over logits of any element type: logits (T, V), targets (T).
@@ -407,7 +410,9 @@ pub fn policy_grad<F: Real, E: GradElem>(
     loss: &PolicyLoss<F>,
     out: &mut [E],
 ) {
-    policy_grad_of(inp.logits, inp.vocab, inp.targets, cfg, tokens, loss, out)
+    crate::with_logits!(inp.logits, x => {
+        policy_grad_of(x, inp.vocab, inp.targets, cfg, tokens, loss, out)
+    })
 }
 
 /// policy_grad over logits of any element type: logits (T, V), targets (T), out (T, V).

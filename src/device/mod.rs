@@ -78,6 +78,7 @@ impl Elem for f32 {}
 impl Elem for u32 {}
 impl Elem for i32 {}
 impl Elem for half::f16 {}
+impl Elem for half::bf16 {}
 
 /// A device buffer of `len` elements of `T`.
 pub struct DevBuf<T: Elem> {

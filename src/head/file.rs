@@ -1,28 +1,55 @@
 //! `aem head`: the loss head over a safetensors file, for checking the crate against a
 //! trainer's own dumps.
 //!
-//! Input tensors: `logits` F16 (T, V); `targets` (T); `resp_start`, `resp_len`, `resp_group` (R)
+//! Input tensors: `logits` F16 or BF16 (T, V); `targets` (T); `resp_start`, `resp_len`, `resp_group` (R)
 //! as U32, I32 or I64; `adv_base` F32 (R); optional `old_logp` F32 (T) (absent: on-policy) and
 //! `ref_logp` F32 (T) (required when the KL coefficient is positive).
 //! Output tensors: `logp`, `entropy`, `lse`, `token_loss` F32 (T); `resp_surprisal`,
-//! `resp_mean_entropy`, `alpha`, `adv` F32 (R); `loss` F32 (); `dlogits` (T, V) F16 or F32.
+//! `resp_mean_entropy`, `alpha`, `adv` F32 (R); `loss` F32 (); `dlogits` (T, V) F16, BF16 or
+//! F32 (`--grad-dtype`).
 
 pub use super::result::{GradDtype, GradOut, HeadResult, HeadStats, UpdateStats};
-use super::{HeadConfig, HeadInputs};
+use super::{HeadConfig, HeadInputs, Logits};
 use crate::cpu;
 use crate::error::{Error, Result};
-use crate::io::{write_tensors, OutTensor, Tensor, TensorFile};
-use half::f16;
+use crate::io::{write_tensors, Half, OutTensor, Tensor, TensorFile};
+use half::{bf16, f16};
 use std::collections::HashMap;
 use std::path::Path;
 
 pub use crate::device::Backend;
 
+/// logits (T, V), owned, in the dtype the file holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogitsVec {
+    F16(Vec<f16>),
+    Bf16(Vec<bf16>),
+}
+
+impl LogitsVec {
+    pub fn as_logits(&self) -> Logits<'_> {
+        match self {
+            LogitsVec::F16(x) => Logits::F16(x),
+            LogitsVec::Bf16(x) => Logits::Bf16(x),
+        }
+    }
+
+    /// The same values rounded to bf16 (exact from bf16; one rounding from f16).
+    pub fn to_bf16(&self) -> LogitsVec {
+        match self {
+            LogitsVec::F16(x) => {
+                LogitsVec::Bf16(x.iter().map(|v| bf16::from_f32(v.to_f32())).collect())
+            }
+            LogitsVec::Bf16(x) => LogitsVec::Bf16(x.clone()),
+        }
+    }
+}
+
 /// The tensors of one head computation, owned (what a file holds).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeadData {
-    /// logits: (T, V) f16
-    pub logits: Vec<f16>,
+    /// logits: (T, V) f16 or bf16
+    pub logits: LogitsVec,
     pub vocab: usize,
     /// targets: (T) u32
     pub targets: Vec<u32>,
@@ -41,7 +68,7 @@ pub struct HeadData {
 impl HeadData {
     pub fn inputs(&self) -> HeadInputs<'_> {
         HeadInputs {
-            logits: &self.logits,
+            logits: self.logits.as_logits(),
             vocab: self.vocab,
             targets: &self.targets,
             resp_start: &self.resp_start,
@@ -72,9 +99,16 @@ fn expect_rank<T>(file: &TensorFile, name: &str, t: &Tensor<T>, rank: usize) -> 
 /// Reads the input tensors. `n_groups`: G, or `None` for `max(resp_group) + 1`.
 pub fn read_inputs(path: &Path, n_groups: Option<usize>) -> Result<HeadData> {
     let f = TensorFile::open(path)?;
-    let logits = f.f16("logits")?;
-    expect_rank(&f, "logits", &logits, 2)?;
-    let vocab = logits.shape[1];
+    let (logits, vocab) = match f.half("logits")? {
+        Half::F16(t) => {
+            expect_rank(&f, "logits", &t, 2)?;
+            (LogitsVec::F16(t.data), t.shape[1])
+        }
+        Half::Bf16(t) => {
+            expect_rank(&f, "logits", &t, 2)?;
+            (LogitsVec::Bf16(t.data), t.shape[1])
+        }
+    };
     let targets = f.index_u32("targets")?;
     let resp_start = f.index_u32("resp_start")?;
     let resp_len = f.index_u32("resp_len")?;
@@ -105,7 +139,7 @@ pub fn read_inputs(path: &Path, n_groups: Option<usize>) -> Result<HeadData> {
             .unwrap_or(0)
     });
     Ok(HeadData {
-        logits: logits.data,
+        logits,
         vocab,
         targets: targets.data,
         resp_start: resp_start.data,
@@ -134,19 +168,18 @@ pub fn compute(
     match backend.open()?.device {
         Some(dev) => super::launch::loss_head(&dev, &inp, cfg, dtype, &plan),
         None => {
-            let (fwd, loss, dlogits) = match dtype {
-                GradDtype::F16 => {
-                    let o = cpu::loss_head::<f64, f16>(&inp, cfg)?;
-                    (o.fwd, o.loss, GradOut::F16(o.dlogits))
-                }
-                GradDtype::F32 => {
-                    let o = cpu::loss_head::<f64, f32>(&inp, cfg)?;
-                    (o.fwd, o.loss, GradOut::F32(o.dlogits))
-                }
-            };
-            let grad_bad = match &dlogits {
-                GradOut::F16(g) => first_bad_row(g.iter().map(|x| x.is_finite()), data.vocab),
-                GradOut::F32(g) => first_bad_row(g.iter().map(|x| x.is_finite()), data.vocab),
+            // The reference in f64, the gradient rounded once to the requested dtype.
+            macro_rules! reference {
+                ($t:ty, $variant:ident) => {{
+                    let o = cpu::loss_head::<f64, $t>(&inp, cfg)?;
+                    let bad = first_bad_row(o.dlogits.iter().map(|x| x.is_finite()), data.vocab);
+                    (o.fwd, o.loss, GradOut::$variant(o.dlogits), bad)
+                }};
+            }
+            let (fwd, loss, dlogits, grad_bad) = match dtype {
+                GradDtype::F16 => reference!(f16, F16),
+                GradDtype::Bf16 => reference!(bf16, Bf16),
+                GradDtype::F32 => reference!(f32, F32),
             };
             let res = HeadResult {
                 stats: HeadStats {
@@ -157,7 +190,7 @@ pub fn compute(
                         token_loss: to_f32(&loss.token_loss),
                         loss: loss.loss as f32,
                         grad_bad,
-                        grad_f16: dtype == GradDtype::F16,
+                        grad_dtype: dtype,
                     },
                     resp_surprisal: to_f32(&fwd.resp.surprisal),
                     resp_mean_entropy: to_f32(&fwd.resp.mean_entropy),
@@ -191,6 +224,7 @@ pub fn write_result(path: &Path, res: &HeadResult, vocab: usize, cfg: &HeadConfi
     let r = res.alpha.len();
     let grad = match &res.dlogits {
         GradOut::F16(g) => OutTensor::F16(g.clone(), vec![t, vocab]),
+        GradOut::Bf16(g) => OutTensor::Bf16(g.clone(), vec![t, vocab]),
         GradOut::F32(g) => OutTensor::F32(g.clone(), vec![t, vocab]),
     };
     let vt = |x: &Vec<f32>, n| OutTensor::F32(x.clone(), vec![n]);
@@ -272,7 +306,7 @@ pub fn demo_batch(
         .map(|l| (l + 0.4 * (next() - 0.5)) as f32)
         .collect();
     Ok(HeadData {
-        logits,
+        logits: LogitsVec::F16(logits),
         vocab,
         targets,
         resp_start,
@@ -290,8 +324,12 @@ pub fn write_inputs(path: &Path, d: &HeadData) -> Result<()> {
     let t = d.targets.len();
     let r = d.resp_start.len();
     let u = |x: &Vec<u32>, n| OutTensor::U32(x.clone(), vec![n]);
+    let logits = match &d.logits {
+        LogitsVec::F16(x) => OutTensor::F16(x.clone(), vec![t, d.vocab]),
+        LogitsVec::Bf16(x) => OutTensor::Bf16(x.clone(), vec![t, d.vocab]),
+    };
     let mut tensors = vec![
-        ("logits", OutTensor::F16(d.logits.clone(), vec![t, d.vocab])),
+        ("logits", logits),
         ("targets", u(&d.targets, t)),
         ("resp_start", u(&d.resp_start, r)),
         ("resp_len", u(&d.resp_len, r)),

@@ -3,19 +3,19 @@
 
 use super::result::{GradDtype, GradOut, HeadResult};
 pub use super::result::{HeadStats, UpdateStats};
-use super::{validate, validate_layout_for, HeadConfig, HeadInputs, Layout};
-use crate::device::{kernels, DevBuf, Device, HeadParams, LaunchCfg, Ptr};
+use super::{validate, validate_layout_for, HeadConfig, HeadInputs, Layout, LogitDtype};
+use crate::device::{kernels, DevBuf, Device, Elem, HeadParams, LaunchCfg, Ptr};
 use crate::error::{Error, Result};
-use half::f16;
+use half::{bf16, f16};
 
 /// Which token-statistics kernel the unfused forward uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenStatsKernel {
-    /// `token_stats_f16_v1`: one thread per row.
+    /// `token_stats_{f16,bf16}_v1`: one thread per row.
     V1,
-    /// `token_stats_f16_v2`: one block per row.
+    /// `token_stats_{f16,bf16}_v2`: one block per row.
     V2,
-    /// `token_stats_f16_v3`: one warp per row.
+    /// `token_stats_{f16,bf16}_v3`: one warp per row.
     V3,
 }
 
@@ -24,16 +24,16 @@ pub enum TokenStatsKernel {
 pub enum ForwardPlan {
     /// token_stats → resp_stats_v1 → aem_alpha_v1 (three launches).
     Unfused(TokenStatsKernel),
-    /// `loss_head_fwd_v1`: one launch.
+    /// `loss_head_fwd_{f16,bf16}_v1`: one launch.
     Fused,
 }
 
 /// How the backward runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackwardPlan {
-    /// `policy_grad_*_v1` from the forward's statistics.
+    /// `policy_grad_{in}_{out}_v1` from the forward's statistics.
     Separate,
-    /// `loss_head_fused_*_v1`: statistics, loss and gradient in one launch; `row_cache` keeps
+    /// `loss_head_fused_{in}_{out}_v1`: statistics, loss and gradient in one launch; `row_cache` keeps
     /// the row in dynamic shared memory when it fits.
     Fused { row_cache: bool },
 }
@@ -45,7 +45,8 @@ pub struct Plan {
     pub backward: BackwardPlan,
     /// Threads per block: a multiple of 32 in 32..=1024.
     pub block: u32,
-    /// f16 gradient written over the logits buffer (ignored for f32).
+    /// The gradient written over the logits buffer when it has the logits' dtype (ignored
+    /// otherwise).
     pub in_place: bool,
 }
 
@@ -82,8 +83,8 @@ impl ForwardPlan {
         }
     }
 
-    /// Bytes a forward moves: the logits read once (f16) and, per row, the target read and
-    /// logp/entropy/LSE written.
+    /// Bytes a forward moves: the logits read once (2 bytes each, f16 or bf16) and, per row,
+    /// the target read and logp/entropy/LSE written.
     pub fn bytes(self, t: u64, v: u64) -> u64 {
         2 * t * v + 16 * t
     }
@@ -119,8 +120,8 @@ impl BackwardPlan {
 }
 
 impl Plan {
-    /// Every forward × backward plan at each block size in `blocks`, alternating the f16
-    /// in-place gradient so both destinations are covered.
+    /// Every forward × backward plan at each block size in `blocks`, alternating the in-place
+    /// gradient so both destinations are covered.
     pub fn all(blocks: &[u32]) -> Vec<Plan> {
         let mut plans = Vec::new();
         for &block in blocks {
@@ -173,10 +174,74 @@ fn blocks(n: usize, per_block: u32) -> Result<u32> {
         .map_err(|_| Error::shape("grid", "< 2^32 blocks", n))
 }
 
+/// A logits element the kernels read: f16 or bf16. The head's entry points are generic over
+/// it; each launch picks the kernel instantiated for it (`token_stats_bf16_v2`, …).
+pub trait DeviceLogit: Elem + crate::cpu::Logit + crate::cpu::GradElem {
+    const DTYPE: LogitDtype;
+    /// The gradient dtype of an in-place update (the logits' own).
+    const GRAD: GradDtype;
+    /// The buffer's pointer, tagged with its dtype.
+    fn logits_ptr(buf: &DevBuf<Self>) -> LogitsPtr<'_>;
+    /// A downloaded in-place gradient.
+    fn grad_out(g: Vec<Self>) -> GradOut;
+    /// A separate gradient buffer of this dtype as a destination.
+    fn grad_dst(buf: &mut DevBuf<Self>) -> GradDst<'_>;
+}
+
+/// `impl DeviceLogit` for a 16-bit type and its variant name in the dtype enums.
+macro_rules! device_logit {
+    ($t:ty, $v:ident) => {
+        impl DeviceLogit for $t {
+            const DTYPE: LogitDtype = LogitDtype::$v;
+            const GRAD: GradDtype = GradDtype::$v;
+            fn logits_ptr(buf: &DevBuf<Self>) -> LogitsPtr<'_> {
+                LogitsPtr::$v(buf.ptr())
+            }
+            fn grad_out(g: Vec<Self>) -> GradOut {
+                GradOut::$v(g)
+            }
+            fn grad_dst(buf: &mut DevBuf<Self>) -> GradDst<'_> {
+                GradDst::$v(buf)
+            }
+        }
+    };
+}
+device_logit!(f16, F16);
+device_logit!(bf16, Bf16);
+
+/// The logits (T, V) on a device, typed by their element type.
+#[derive(Clone, Copy)]
+pub enum LogitsPtr<'a> {
+    F16(Ptr<'a, f16>),
+    Bf16(Ptr<'a, bf16>),
+}
+
 /// The gradient destination, typed by its element type.
+#[derive(Clone, Copy)]
 enum GradPtr<'a> {
     F16(Ptr<'a, f16>),
+    Bf16(Ptr<'a, bf16>),
     F32(Ptr<'a, f32>),
+}
+
+impl GradPtr<'_> {
+    fn dtype(self) -> GradDtype {
+        match self {
+            GradPtr::F16(_) => GradDtype::F16,
+            GradPtr::Bf16(_) => GradDtype::Bf16,
+            GradPtr::F32(_) => GradDtype::F32,
+        }
+    }
+}
+
+impl<'a> From<LogitsPtr<'a>> for GradPtr<'a> {
+    /// In place: the gradient over the logits, in their dtype.
+    fn from(x: LogitsPtr<'a>) -> Self {
+        match x {
+            LogitsPtr::F16(p) => GradPtr::F16(p),
+            LogitsPtr::Bf16(p) => GradPtr::Bf16(p),
+        }
+    }
 }
 
 fn i32_of(arg: &'static str, n: usize) -> Result<i32> {
@@ -185,7 +250,7 @@ fn i32_of(arg: &'static str, n: usize) -> Result<i32> {
 
 /// The loss head's buffers on a device for one batch layout: the per-row and per-response
 /// inputs uploaded once, outputs kept on the device until [`DeviceHead::stats`]. The logits
-/// (T, V) f16 live with the caller (a model's output, or an upload). [`DeviceHead::forward`] and
+/// (T, V) f16 or bf16 live with the caller (a model's output, or an upload). [`DeviceHead::forward`] and
 /// [`DeviceHead::backward`] only launch kernels, so they are what a benchmark times and what a
 /// trainer calls per step.
 pub struct DeviceHead {
@@ -226,8 +291,8 @@ pub struct DeviceHead {
     first_bad: DevBuf<u32>,
     /// grad_bad: (2) u32, non-finite dlogits entries written and the first row with one.
     grad_bad: DevBuf<u32>,
-    /// Whether the last backward wrote an f16 gradient (for the overflow message).
-    grad_f16: bool,
+    /// The last backward's gradient dtype (for the overflow message).
+    grad_dtype: GradDtype,
     resp_done: DevBuf<u32>,
     grp_done: DevBuf<u32>,
 }
@@ -236,9 +301,11 @@ pub struct DeviceHead {
 pub enum GradDst<'a> {
     /// A separate f16 buffer of T·V elements.
     F16(&'a mut DevBuf<f16>),
+    /// A separate bf16 buffer of T·V elements.
+    Bf16(&'a mut DevBuf<bf16>),
     /// A separate f32 buffer of T·V elements.
     F32(&'a mut DevBuf<f32>),
-    /// Over the logits (f16).
+    /// Over the logits, in their dtype.
     InPlace,
 }
 
@@ -311,13 +378,13 @@ impl DeviceHead {
             bad_count: dev.zeros(1)?,
             first_bad: dev.htod(&[u32::MAX])?,
             grad_bad: dev.htod(&[0, u32::MAX])?,
-            grad_f16: false,
+            grad_dtype: GradDtype::F32,
             resp_done: dev.zeros(r)?,
             grp_done: dev.zeros(g)?,
         })
     }
 
-    fn check_logits(&self, logits: &DevBuf<f16>) -> Result<()> {
+    fn check_logits<X: Elem>(&self, logits: &DevBuf<X>) -> Result<()> {
         let tv = self.t * self.v; // T·V < 2^64: checked by validation
         if logits.len() == tv {
             Ok(())
@@ -354,7 +421,12 @@ impl DeviceHead {
     }
 
     /// Token stats, response stats, α and the rescaled advantage (launches only).
-    pub fn forward(&mut self, dev: &Device, logits: &DevBuf<f16>, plan: &Plan) -> Result<()> {
+    pub fn forward<X: DeviceLogit>(
+        &mut self,
+        dev: &Device,
+        logits: &DevBuf<X>,
+        plan: &Plan,
+    ) -> Result<()> {
         let b = plan.block;
         check_block(b)?;
         self.check_logits(logits)?;
@@ -362,6 +434,7 @@ impl DeviceHead {
         let (ti, vi, ri, gi) = self.dims;
         let p = self.p;
         let row_grid = self.row_grid(b)?;
+        let x = X::logits_ptr(logits);
         match plan.forward {
             ForwardPlan::Unfused(k) => {
                 let cfg = |grid| LaunchCfg {
@@ -369,11 +442,11 @@ impl DeviceHead {
                     block: b,
                     smem: 0,
                 };
-                // The three versions share one signature.
+                // The three versions and both dtypes share one signature.
                 macro_rules! token_stats {
-                    ($k:ident, $grid:expr) => {
+                    ($k:ident, $x:expr, $grid:expr) => {
                         kernels::$k {
-                            logits: logits.ptr(),
+                            logits: $x,
                             targets: self.targets.ptr(),
                             t: ti,
                             v: vi,
@@ -389,10 +462,19 @@ impl DeviceHead {
                         .launch(dev, cfg($grid))
                     };
                 }
-                match k {
-                    TokenStatsKernel::V1 => token_stats!(TokenStatsF16V1, blocks(self.t, b)?),
-                    TokenStatsKernel::V2 => token_stats!(TokenStatsF16V2, row_grid.grid),
-                    TokenStatsKernel::V3 => token_stats!(TokenStatsF16V3, blocks(self.t, b / 32)?),
+                let grid = match k {
+                    TokenStatsKernel::V1 => blocks(self.t, b)?,
+                    TokenStatsKernel::V2 => row_grid.grid,
+                    TokenStatsKernel::V3 => blocks(self.t, b / 32)?,
+                };
+                use {LogitsPtr as L, TokenStatsKernel as K};
+                match (k, x) {
+                    (K::V1, L::F16(x)) => token_stats!(TokenStatsF16V1, x, grid),
+                    (K::V1, L::Bf16(x)) => token_stats!(TokenStatsBf16V1, x, grid),
+                    (K::V2, L::F16(x)) => token_stats!(TokenStatsF16V2, x, grid),
+                    (K::V2, L::Bf16(x)) => token_stats!(TokenStatsBf16V2, x, grid),
+                    (K::V3, L::F16(x)) => token_stats!(TokenStatsF16V3, x, grid),
+                    (K::V3, L::Bf16(x)) => token_stats!(TokenStatsBf16V3, x, grid),
                 }?;
                 kernels::RespStatsV1 {
                     logp: self.logp.ptr(),
@@ -431,34 +513,43 @@ impl DeviceHead {
                 )?;
             }
             ForwardPlan::Fused => {
-                kernels::LossHeadFwdV1 {
-                    logits: logits.ptr(),
-                    targets: self.targets.ptr(),
-                    row_resp: self.row_resp.ptr(),
-                    resp_start: self.resp_start.ptr(),
-                    resp_len: self.resp_len.ptr(),
-                    resp_group: self.resp_group.ptr(),
-                    grp_offsets: self.grp_offsets.ptr(),
-                    grp_members: self.grp_members.ptr(),
-                    adv_base: self.adv_base.ptr(),
-                    t: ti,
-                    v: vi,
-                    logp: self.logp.ptr(),
-                    entropy: self.entropy.ptr(),
-                    lse: self.lse.ptr(),
-                    shift: self.shift.ptr(),
-                    log2_sum: self.log2_sum.ptr(),
-                    surprisal: self.surprisal.ptr(),
-                    mean_entropy: self.mean_entropy.ptr(),
-                    alpha: self.alpha.ptr(),
-                    adv: self.adv.ptr(),
-                    resp_done: self.resp_done.ptr(),
-                    grp_done: self.grp_done.ptr(),
-                    bad_count: self.bad_count.ptr(),
-                    first_bad_row: self.first_bad.ptr(),
-                    p,
+                // Both dtypes share one signature.
+                macro_rules! fwd {
+                    ($k:ident, $x:expr) => {
+                        kernels::$k {
+                            logits: $x,
+                            targets: self.targets.ptr(),
+                            row_resp: self.row_resp.ptr(),
+                            resp_start: self.resp_start.ptr(),
+                            resp_len: self.resp_len.ptr(),
+                            resp_group: self.resp_group.ptr(),
+                            grp_offsets: self.grp_offsets.ptr(),
+                            grp_members: self.grp_members.ptr(),
+                            adv_base: self.adv_base.ptr(),
+                            t: ti,
+                            v: vi,
+                            logp: self.logp.ptr(),
+                            entropy: self.entropy.ptr(),
+                            lse: self.lse.ptr(),
+                            shift: self.shift.ptr(),
+                            log2_sum: self.log2_sum.ptr(),
+                            surprisal: self.surprisal.ptr(),
+                            mean_entropy: self.mean_entropy.ptr(),
+                            alpha: self.alpha.ptr(),
+                            adv: self.adv.ptr(),
+                            resp_done: self.resp_done.ptr(),
+                            grp_done: self.grp_done.ptr(),
+                            bad_count: self.bad_count.ptr(),
+                            first_bad_row: self.first_bad.ptr(),
+                            p,
+                        }
+                        .launch(dev, row_grid)
+                    };
                 }
-                .launch(dev, row_grid)?;
+                match x {
+                    LogitsPtr::F16(x) => fwd!(LossHeadFwdF16V1, x),
+                    LogitsPtr::Bf16(x) => fwd!(LossHeadFwdBf16V1, x),
+                }?;
             }
         }
         Ok(())
@@ -466,10 +557,10 @@ impl DeviceHead {
 
     /// Per-token loss, the gradient into the logits and the scalar loss (launches only), from
     /// the advantages of the last [`DeviceHead::forward`].
-    pub fn backward(
+    pub fn backward<X: DeviceLogit>(
         &mut self,
         dev: &Device,
-        logits: &DevBuf<f16>,
+        logits: &DevBuf<X>,
         grad: GradDst<'_>,
         plan: &Plan,
     ) -> Result<()> {
@@ -479,6 +570,7 @@ impl DeviceHead {
         let tv = self.t * self.v;
         let glen = match &grad {
             GradDst::F16(g) => g.len(),
+            GradDst::Bf16(g) => g.len(),
             GradDst::F32(g) => g.len(),
             GradDst::InPlace => tv,
         };
@@ -492,19 +584,20 @@ impl DeviceHead {
         let (ti, vi, _, _) = self.dims;
         let p = self.p;
         let row_grid = self.row_grid(b)?;
-        let f16 = !matches!(grad, GradDst::F32(_));
-        self.grad_f16 = f16;
-        dev.write(&mut self.grad_bad, &[0, u32::MAX])?;
+        let x = X::logits_ptr(logits);
         let dst = match &grad {
-            GradDst::F16(g16) => GradPtr::F16(g16.ptr()),
-            GradDst::F32(g32) => GradPtr::F32(g32.ptr()),
-            GradDst::InPlace => GradPtr::F16(logits.ptr()),
+            GradDst::F16(g) => GradPtr::F16(g.ptr()),
+            GradDst::Bf16(g) => GradPtr::Bf16(g.ptr()),
+            GradDst::F32(g) => GradPtr::F32(g.ptr()),
+            GradDst::InPlace => GradPtr::from(x),
         };
-        // f16 and f32 gradients: the same signature but for the gradient's element type.
+        self.grad_dtype = dst.dtype();
+        dev.write(&mut self.grad_bad, &[0, u32::MAX])?;
+        // Every (logits, gradient) dtype pair: one signature but for the element types.
         macro_rules! policy_grad {
-            ($k:ident, $dlogits:expr) => {
+            ($k:ident, $x:expr, $dlogits:expr) => {
                 kernels::$k {
-                    logits: logits.ptr(),
+                    logits: $x,
                     targets: self.targets.ptr(),
                     row_resp: self.row_resp.ptr(),
                     resp_len: self.resp_len.ptr(),
@@ -525,10 +618,20 @@ impl DeviceHead {
                 .launch(dev, row_grid)
             };
         }
+        // The cache holds the row plus 8 elements of alignment slack, rounded to 16 bytes.
+        let need = (2 * (self.v as u64 + 8)).div_ceil(16) * 16;
+        let row_cache = matches!(plan.backward, BackwardPlan::Fused { row_cache: true });
         macro_rules! fused {
-            ($k:ident, $dlogits:expr, $cache:expr) => {
+            ($k:ident, $x:expr, $dlogits:expr) => {{
+                // The row fits when it fits beside the kernel's static shared memory.
+                let room = dev.max_dyn_smem(kernels::$k::NAME)?;
+                let cache = if row_cache && need <= u64::from(room) {
+                    need as u32 // ≤ room, a u32
+                } else {
+                    0
+                };
                 kernels::$k {
-                    logits: logits.ptr(),
+                    logits: $x,
                     targets: self.targets.ptr(),
                     row_resp: self.row_resp.ptr(),
                     resp_len: self.resp_len.ptr(),
@@ -537,7 +640,7 @@ impl DeviceHead {
                     ref_logp: Ptr::opt(self.ref_logp.as_ref()),
                     t: ti,
                     v: vi,
-                    row_cache_bytes: $cache,
+                    row_cache_bytes: cache,
                     dlogits: $dlogits,
                     logp: self.logp.ptr(),
                     entropy: self.entropy.ptr(),
@@ -551,36 +654,30 @@ impl DeviceHead {
                 .launch(
                     dev,
                     LaunchCfg {
-                        smem: $cache,
+                        smem: cache,
                         ..row_grid
                     },
                 )
-            };
+            }};
         }
+        use {GradPtr as G, LogitsPtr as L};
         match plan.backward {
-            BackwardPlan::Separate => match dst {
-                GradPtr::F16(d) => policy_grad!(PolicyGradF16V1, d),
-                GradPtr::F32(d) => policy_grad!(PolicyGradF32V1, d),
+            BackwardPlan::Separate => match (x, dst) {
+                (L::F16(x), G::F16(d)) => policy_grad!(PolicyGradF16F16V1, x, d),
+                (L::F16(x), G::Bf16(d)) => policy_grad!(PolicyGradF16Bf16V1, x, d),
+                (L::F16(x), G::F32(d)) => policy_grad!(PolicyGradF16F32V1, x, d),
+                (L::Bf16(x), G::F16(d)) => policy_grad!(PolicyGradBf16F16V1, x, d),
+                (L::Bf16(x), G::Bf16(d)) => policy_grad!(PolicyGradBf16Bf16V1, x, d),
+                (L::Bf16(x), G::F32(d)) => policy_grad!(PolicyGradBf16F32V1, x, d),
             }?,
-            BackwardPlan::Fused { row_cache } => {
-                // The cache holds the row plus 8 halves of alignment slack, rounded to 16 bytes.
-                let need = (2 * (self.v as u64 + 8)).div_ceil(16) * 16;
-                let kernel = match dst {
-                    GradPtr::F16(_) => kernels::LossHeadFusedF16V1::NAME,
-                    GradPtr::F32(_) => kernels::LossHeadFusedF32V1::NAME,
-                };
-                // The row fits when it fits beside the kernel's static shared memory.
-                let room = dev.max_dyn_smem(kernel)?;
-                let cache = if row_cache && need <= u64::from(room) {
-                    need as u32 // ≤ room, a u32
-                } else {
-                    0
-                };
-                match dst {
-                    GradPtr::F16(d) => fused!(LossHeadFusedF16V1, d, cache),
-                    GradPtr::F32(d) => fused!(LossHeadFusedF32V1, d, cache),
-                }?;
-            }
+            BackwardPlan::Fused { .. } => match (x, dst) {
+                (L::F16(x), G::F16(d)) => fused!(LossHeadFusedF16F16V1, x, d),
+                (L::F16(x), G::Bf16(d)) => fused!(LossHeadFusedF16Bf16V1, x, d),
+                (L::F16(x), G::F32(d)) => fused!(LossHeadFusedF16F32V1, x, d),
+                (L::Bf16(x), G::F16(d)) => fused!(LossHeadFusedBf16F16V1, x, d),
+                (L::Bf16(x), G::Bf16(d)) => fused!(LossHeadFusedBf16Bf16V1, x, d),
+                (L::Bf16(x), G::F32(d)) => fused!(LossHeadFusedBf16F32V1, x, d),
+            }?,
         }
         kernels::LossReduceV1 {
             token_loss: self.token_loss.ptr(),
@@ -605,10 +702,10 @@ impl DeviceHead {
     /// rescaled advantage `A = α·A_base` as it is, no α is computed from these logits and no
     /// separate forward runs — one fused forward+backward launch (statistics, token loss,
     /// dlogits) and the loss reduction. Read the results with [`Self::update_stats`].
-    pub fn update(
+    pub fn update<X: DeviceLogit>(
         &mut self,
         dev: &Device,
-        logits: &DevBuf<f16>,
+        logits: &DevBuf<X>,
         grad: GradDst<'_>,
         block: u32,
     ) -> Result<()> {
@@ -638,7 +735,7 @@ impl DeviceHead {
                 &[n, row] if row != u32::MAX => Some((u64::from(n), row as usize)),
                 _ => None,
             },
-            grad_f16: self.grad_f16,
+            grad_dtype: self.grad_dtype,
         })
     }
 
@@ -660,10 +757,10 @@ impl DeviceHead {
 }
 
 /// Forward, check, backward, check, download: the whole head on logits already on `dev`.
-fn run(
+fn run<X: DeviceLogit>(
     dev: &Device,
     head: &mut DeviceHead,
-    logits: &DevBuf<f16>,
+    logits: &DevBuf<X>,
     grad: GradDst<'_>,
     plan: &Plan,
     inp: &HeadInputs,
@@ -679,12 +776,12 @@ fn run(
 }
 
 /// The head on logits that already live on `dev` (a model's output), with dlogits left on the
-/// device in `grad`. `logits` (T, V) f16 stands for `inp.logits`, which is not read (pass
-/// `&[]`). The logits are not scanned on the host: a non-finite logit is reported by the
+/// device in `grad`. `logits` (T, V) f16 or bf16 stands for `inp.logits`, which is not read
+/// (pass an empty slice). The logits are not scanned on the host: a non-finite logit is reported by the
 /// kernels as `Error::NonFinite` for its row.
-pub fn loss_head_resident(
+pub fn loss_head_resident<X: DeviceLogit>(
     dev: &Device,
-    logits: &mut DevBuf<f16>,
+    logits: &mut DevBuf<X>,
     inp: &HeadInputs,
     cfg: &HeadConfig,
     grad: GradDst<'_>,
@@ -697,10 +794,10 @@ pub fn loss_head_resident(
 
 /// The policy-update plan ([`DeviceHead::update`]) on logits that already live on `dev`, with
 /// `inp.adv_base` the given `A = α·A_base` and dlogits left on the device in `grad`; `λ`, `δ`
-/// are not used. `logits` (T, V) f16 stands for `inp.logits`, which is not read.
-pub fn loss_head_update_resident(
+/// are not used. `logits` (T, V) f16 or bf16 stands for `inp.logits`, which is not read.
+pub fn loss_head_update_resident<X: DeviceLogit>(
     dev: &Device,
-    logits: &mut DevBuf<f16>,
+    logits: &mut DevBuf<X>,
     inp: &HeadInputs,
     cfg: &HeadConfig,
     grad: GradDst<'_>,
@@ -716,7 +813,8 @@ pub fn loss_head_update_resident(
 }
 
 /// Runs the head on host inputs (validated on the host, logits included) and downloads every
-/// output.
+/// output. The gradient is written over the uploaded logits when `plan.in_place` and `dtype` is
+/// the logits' dtype, else into a separate buffer.
 pub fn loss_head(
     dev: &Device,
     inp: &HeadInputs,
@@ -727,41 +825,50 @@ pub fn loss_head(
     check_block(plan.block)?;
     let layout = validate(inp, cfg)?;
     let mut head = DeviceHead::with_layout(dev, inp, cfg, &layout)?;
-    let logits = dev.htod(inp.logits)?;
-    let tv = inp.logits.len();
-    let (s, dlogits) = match (dtype, plan.in_place) {
-        (GradDtype::F16, true) => {
-            let s = run(dev, &mut head, &logits, GradDst::InPlace, plan, inp, cfg)?;
-            (s, GradOut::F16(dev.dtoh(&logits)?))
-        }
-        (GradDtype::F16, false) => {
-            let mut g = dev.zeros::<f16>(tv)?;
+    crate::with_logits!(inp.logits, x => {
+        loss_head_on(dev, &mut head, x, inp, cfg, dtype, plan)
+    })
+}
+
+fn loss_head_on<X: DeviceLogit>(
+    dev: &Device,
+    head: &mut DeviceHead,
+    x: &[X],
+    inp: &HeadInputs,
+    cfg: &HeadConfig,
+    dtype: GradDtype,
+    plan: &Plan,
+) -> Result<HeadResult> {
+    let logits = dev.htod(x)?;
+    if plan.in_place && dtype == X::GRAD {
+        let s = run(dev, head, &logits, GradDst::InPlace, plan, inp, cfg)?;
+        return Ok(HeadResult {
+            stats: s,
+            dlogits: X::grad_out(dev.dtoh(&logits)?),
+        });
+    }
+    // A separate gradient buffer of the requested dtype.
+    macro_rules! separate {
+        ($t:ty, $variant:ident) => {{
+            let mut g = dev.zeros::<$t>(x.len())?;
             let s = run(
                 dev,
-                &mut head,
+                head,
                 &logits,
-                GradDst::F16(&mut g),
+                GradDst::$variant(&mut g),
                 plan,
                 inp,
                 cfg,
             )?;
-            (s, GradOut::F16(dev.dtoh(&g)?))
-        }
-        (GradDtype::F32, _) => {
-            let mut g = dev.zeros::<f32>(tv)?;
-            let s = run(
-                dev,
-                &mut head,
-                &logits,
-                GradDst::F32(&mut g),
-                plan,
-                inp,
-                cfg,
-            )?;
-            (s, GradOut::F32(dev.dtoh(&g)?))
-        }
+            (s, GradOut::$variant(dev.dtoh(&g)?))
+        }};
+    }
+    let (stats, dlogits) = match dtype {
+        GradDtype::F16 => separate!(f16, F16),
+        GradDtype::Bf16 => separate!(bf16, Bf16),
+        GradDtype::F32 => separate!(f32, F32),
     };
-    Ok(HeadResult { stats: s, dlogits })
+    Ok(HeadResult { stats, dlogits })
 }
 
 /// Turns the kernels' count of non-finite rows into the error host validation would give.

@@ -6,7 +6,7 @@
 
 use crate::error::{Error, Result};
 use clap::ValueEnum;
-use half::f16;
+use half::{bf16, f16};
 use serde::{Deserialize, Serialize};
 
 pub mod file;
@@ -99,11 +99,100 @@ impl Default for HeadConfig {
     }
 }
 
+/// A logit element the reference reads (`f16`, `bf16` in production; `f32`/`f64` for finite
+/// differences).
+pub trait Logit: Copy + Send + Sync {
+    /// The largest finite magnitude of the type.
+    const MAX_FINITE: f64;
+    fn to_f64(self) -> f64;
+    fn is_finite(self) -> bool {
+        self.to_f64().is_finite()
+    }
+}
+impl Logit for f16 {
+    const MAX_FINITE: f64 = 65504.0;
+    fn to_f64(self) -> f64 {
+        f64::from(self.to_f32())
+    }
+}
+impl Logit for bf16 {
+    const MAX_FINITE: f64 = 3.3895313892515355e38;
+    fn to_f64(self) -> f64 {
+        f64::from(self.to_f32())
+    }
+}
+impl Logit for f32 {
+    const MAX_FINITE: f64 = f32::MAX as f64;
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+}
+impl Logit for f64 {
+    const MAX_FINITE: f64 = f64::MAX;
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
+
+/// The element type of the logits (`aem demo-input --logits-dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum LogitDtype {
+    #[default]
+    F16,
+    Bf16,
+}
+
+impl LogitDtype {
+    /// The name used in kernel names, messages and files (`f16`, `bf16`).
+    pub fn name(self) -> &'static str {
+        match self {
+            LogitDtype::F16 => "f16",
+            LogitDtype::Bf16 => "bf16",
+        }
+    }
+}
+
+/// logits: (T, V) row-major, f16 or bf16, borrowed from the caller. Every executor reads both;
+/// the arithmetic is f32 (kernels) or f64/f32 (reference) from the exact 16-bit values.
+#[derive(Debug, Clone, Copy)]
+pub enum Logits<'a> {
+    F16(&'a [f16]),
+    Bf16(&'a [bf16]),
+}
+
+/// Runs `$body` with `$x` bound to the logits' slice of its own element type.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! with_logits {
+    ($logits:expr, $x:ident => $body:expr) => {
+        match $logits {
+            $crate::head::Logits::F16($x) => $body,
+            $crate::head::Logits::Bf16($x) => $body,
+        }
+    };
+}
+
+impl Logits<'_> {
+    /// T·V, the number of elements.
+    pub fn len(&self) -> usize {
+        with_logits!(self, x => x.len())
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn dtype(&self) -> LogitDtype {
+        match self {
+            Logits::F16(_) => LogitDtype::F16,
+            Logits::Bf16(_) => LogitDtype::Bf16,
+        }
+    }
+}
+
 /// The data of one packed batch, borrowed from the caller.
 #[derive(Debug, Clone, Copy)]
 pub struct HeadInputs<'a> {
-    /// logits: (T, V) f16, row-major; row `t` predicts `targets[t]`.
-    pub logits: &'a [f16],
+    /// logits: (T, V) f16 or bf16, row-major; row `t` predicts `targets[t]`.
+    pub logits: Logits<'a>,
     /// V, the vocabulary size (row length of `logits`).
     pub vocab: usize,
     /// targets: (T) u32, each `< V`.
@@ -467,21 +556,18 @@ const MAX_ABS_Z: f64 = f32::MAX as f64 / 4.0;
 
 /// Refuses rows whose scaled logits `z = x/τ` overflow f32 (a tiny temperature): reported as the
 /// first such row of `logp`, with how many rows overflow.
-pub fn check_scaled_logits(logits: &[f16], vocab: usize, temperature: f32) -> Result<()> {
+pub fn check_scaled_logits<X: Logit>(logits: &[X], vocab: usize, temperature: f32) -> Result<()> {
     if vocab == 0 {
         return Ok(());
     }
     let inv_t = 1.0 / f64::from(temperature);
-    if f64::from(f16::MAX.to_f32()) * inv_t <= MAX_ABS_Z {
-        return Ok(()); // no finite f16 logit can overflow at this τ: no second pass over T·V
+    if X::MAX_FINITE * inv_t <= MAX_ABS_Z {
+        return Ok(()); // no finite logit of this dtype can overflow at this τ: no second pass
     }
     let mut first: Option<(usize, f64)> = None;
     let mut count = 0u64;
     for (t, row) in logits.chunks_exact(vocab).enumerate() {
-        let max_abs = row
-            .iter()
-            .map(|x| f64::from(x.to_f32()).abs())
-            .fold(0.0, f64::max);
+        let max_abs = row.iter().map(|x| x.to_f64().abs()).fold(0.0, f64::max);
         if max_abs * inv_t > MAX_ABS_Z {
             count += 1;
             first.get_or_insert((t, max_abs));
@@ -514,8 +600,8 @@ pub struct Outputs<'a> {
     pub loss: f32,
     /// Non-finite dlogits entries (count, first row), if any.
     pub grad_bad: Option<(u64, usize)>,
-    /// The gradient's dtype (`f16`, `f32`).
-    pub grad_dtype: &'static str,
+    /// The gradient's dtype.
+    pub grad_dtype: result::GradDtype,
 }
 
 fn first_bad(xs: &[f32]) -> Option<(usize, u64)> {
@@ -581,10 +667,10 @@ pub fn check_outputs(o: &Outputs, inp: &HeadInputs, cfg: &HeadConfig) -> Result<
             count,
             cause: format!(
                 "the gradient overflows {} (grad_scale = {}, τ = {}){}",
-                o.grad_dtype,
+                o.grad_dtype.name(),
                 cfg.grad_scale,
                 cfg.temperature,
-                if o.grad_dtype == "f16" {
+                if o.grad_dtype != result::GradDtype::F32 {
                     "; lower grad_scale or write f32 gradients"
                 } else {
                     ""
@@ -596,7 +682,7 @@ pub fn check_outputs(o: &Outputs, inp: &HeadInputs, cfg: &HeadConfig) -> Result<
 }
 
 /// Finds the first non-finite logit (row-major order), reported as its row and column.
-pub fn check_logits(logits: &[f16], vocab: usize) -> Result<()> {
+pub fn check_logits<X: Logit>(logits: &[X], vocab: usize) -> Result<()> {
     if vocab == 0 {
         return Ok(());
     }
@@ -605,7 +691,7 @@ pub fn check_logits(logits: &[f16], vocab: usize) -> Result<()> {
             arg: "logits",
             index: i / vocab,
             col: Some(i % vocab),
-            value: f64::from(logits[i].to_f32()),
+            value: logits[i].to_f64(),
         }),
         None => Ok(()),
     }
@@ -614,7 +700,9 @@ pub fn check_logits(logits: &[f16], vocab: usize) -> Result<()> {
 /// Full host validation (AEM.md §7): the layout checks plus a scan of the logits.
 pub fn validate(inp: &HeadInputs, cfg: &HeadConfig) -> Result<Layout> {
     let layout = validate_layout(inp, cfg)?;
-    check_logits(inp.logits, inp.vocab)?;
-    check_scaled_logits(inp.logits, inp.vocab, cfg.temperature)?;
+    with_logits!(inp.logits, x => {
+        check_logits(x, inp.vocab)?;
+        check_scaled_logits(x, inp.vocab, cfg.temperature)?;
+    });
     Ok(layout)
 }

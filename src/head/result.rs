@@ -2,14 +2,37 @@
 
 use super::{check_outputs, HeadConfig, HeadInputs, Outputs};
 use crate::error::Result;
-use half::f16;
+use half::{bf16, f16};
 
 /// The dtype of the gradient output (`aem head --grad-dtype`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum GradDtype {
     F16,
+    Bf16,
     #[default]
     F32,
+}
+
+impl GradDtype {
+    /// Every dtype, once (the parity tests iterate it).
+    pub const ALL: [GradDtype; 3] = [GradDtype::F16, GradDtype::Bf16, GradDtype::F32];
+
+    /// The name used in kernel names and messages (`f16`, `bf16`, `f32`).
+    pub fn name(self) -> &'static str {
+        match self {
+            GradDtype::F16 => "f16",
+            GradDtype::Bf16 => "bf16",
+            GradDtype::F32 => "f32",
+        }
+    }
+
+    /// Bytes per element.
+    pub fn bytes(self) -> u64 {
+        match self {
+            GradDtype::F16 | GradDtype::Bf16 => 2,
+            GradDtype::F32 => 4,
+        }
+    }
 }
 
 /// The per-row outputs and the loss: what every plan computes, and all that the policy-update
@@ -25,8 +48,8 @@ pub struct UpdateStats {
     pub loss: f32,
     /// Non-finite dlogits entries written (count mod 2^32, first row), if any.
     pub grad_bad: Option<(u64, usize)>,
-    /// Whether the gradient was f16.
-    pub grad_f16: bool,
+    /// The gradient's dtype.
+    pub grad_dtype: GradDtype,
 }
 
 impl UpdateStats {
@@ -48,7 +71,7 @@ impl UpdateStats {
             adv,
             loss: self.loss,
             grad_bad: self.grad_bad,
-            grad_dtype: if self.grad_f16 { "f16" } else { "f32" },
+            grad_dtype: self.grad_dtype,
         };
         check_outputs(&o, inp, cfg)
     }
@@ -105,5 +128,24 @@ impl std::ops::Deref for HeadResult {
 #[derive(Debug, Clone, PartialEq)]
 pub enum GradOut {
     F16(Vec<f16>),
+    Bf16(Vec<bf16>),
     F32(Vec<f32>),
+}
+
+impl GradOut {
+    /// The gradient widened to f32 (exact), for comparisons.
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            GradOut::F16(g) => g.iter().map(|x| x.to_f32()).collect(),
+            GradOut::Bf16(g) => g.iter().map(|x| x.to_f32()).collect(),
+            GradOut::F32(g) => g.clone(),
+        }
+    }
+    pub fn dtype(&self) -> GradDtype {
+        match self {
+            GradOut::F16(_) => GradDtype::F16,
+            GradOut::Bf16(_) => GradDtype::Bf16,
+            GradOut::F32(_) => GradDtype::F32,
+        }
+    }
 }

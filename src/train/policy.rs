@@ -31,7 +31,7 @@ use super::TrainError;
 use crate::cpu;
 use crate::device::Device;
 use crate::head::launch::Plan;
-use crate::head::{self, HeadConfig, HeadInputs};
+use crate::head::{self, HeadConfig, HeadInputs, Logits};
 use crate::model::{
     save_checkpoint, AdamW, AdamWConfig, Checkpoint, DeviceGpt, Elem, Gpt, GptConfig,
 };
@@ -115,7 +115,7 @@ impl<E: Elem> Learner for CpuLearner<E> {
         super::batch::masked_rows(logits, vocab, &p.rows, &p.masks, &mut head_logits);
         let adv_base: Vec<f32> = p.adv.iter().map(|&a| a as f32).collect();
         let inp = HeadInputs {
-            logits: &head_logits,
+            logits: Logits::F16(&head_logits),
             vocab,
             targets: &p.targets,
             resp_start: &p.resp_start,
@@ -238,7 +238,7 @@ impl DeviceLearner<'_> {
             .map_err(device_err)?;
         self.model.mask_logits(&db.mask).map_err(device_err)?;
         let inp = HeadInputs {
-            logits: &[],
+            logits: Logits::F16(&[]),
             vocab,
             targets: &db.targets,
             resp_start: &db.resp_start,

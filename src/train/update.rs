@@ -24,7 +24,7 @@ use super::rollout::Rollouts;
 use super::TrainError;
 use crate::advantage::{self, GigpoConfig, Step};
 use crate::cpu;
-use crate::head::{self, HeadConfig, HeadInputs};
+use crate::head::{self, HeadConfig, HeadInputs, Logits};
 
 /// Base advantage of every turn (R = turns), in turn order.
 pub fn base_advantages(ro: &Rollouts, cfg: &TrainConfig) -> Result<Vec<f64>, TrainError> {
@@ -175,7 +175,7 @@ pub fn alpha_variant(
     let targets = vec![0u32; n_tok];
     let adv_base = vec![0.0f32; r];
     let inp = HeadInputs {
-        logits: &logits,
+        logits: Logits::F16(&logits),
         vocab: 1,
         targets: &targets,
         resp_start: &resp_start,
@@ -232,7 +232,7 @@ pub fn response_stats(ro: &Rollouts) -> Result<(Vec<f64>, Vec<f64>), TrainError>
     let adv_base = vec![0.0f32; r];
     let groups = vec![0u32; r];
     let inp = HeadInputs {
-        logits: &logits,
+        logits: Logits::F16(&logits),
         vocab: 1,
         targets: &targets,
         resp_start: &resp_start,
