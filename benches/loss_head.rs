@@ -186,7 +186,7 @@ fn bench_gpu_head<X: DeviceLogit>(
             };
             g.bench_function(format!("cuda_{}_b{block}/{label}", bwd.name()), |bch| {
                 bch.iter(|| {
-                    h.backward(dev, &logits, X::grad_dst(&mut grad), &plan)
+                    h.backward(dev, &logits, X::grad_dst((&mut grad).into()), &plan)
                         .expect("backward");
                     dev.synchronize().expect("sync");
                 })

@@ -30,3 +30,9 @@ pub mod model;
 pub mod train;
 
 pub use error::{Error, Result};
+
+/// The cudarc this crate launches through (0.19, as candle-core 0.11 uses): a trainer that holds
+/// its own context, stream and `CudaSlice`s names these types, and [`device::Device::cuda_on_stream`],
+/// [`device::Slice::cuda`] and [`device::SliceMut::cuda`] take them without a copy.
+#[cfg(feature = "cuda")]
+pub use cudarc;

@@ -128,3 +128,46 @@ fn gpu_static_smem_matches_the_table_and_the_row_cache_edge_launches() {
     let v = (optin / 16 * 16 / 2 - 8) as usize;
     check_row_cache_launch(&dev, v);
 }
+
+/// The caller's stream and buffers: a cudarc stream the test creates, logits uploaded into its
+/// own `CudaSlice` (f16 and bf16), the gradient written into another; equal bitwise to the
+/// crate's own device and buffers (the same kernels on the same GPU).
+#[test]
+fn gpu_head_on_the_callers_stream_and_buffers() {
+    use aem::device::{Slice, SliceMut};
+    use aem::head::file::GradOut;
+    use aem::head::launch::{DeviceHead, GradDst};
+    let Some(own) = gpu("gpu_head_on_the_callers_stream_and_buffers") else {
+        return;
+    };
+    let ctx = cudarc::driver::CudaContext::new(0).expect("context");
+    let stream = ctx.new_stream().expect("stream");
+    let dev = Device::cuda_on_stream(stream.clone()).expect("device on the caller's stream");
+    let cfg = HeadConfig::default();
+    let plan = Plan::default();
+    let base = problem(
+        6,
+        Spec {
+            vocab: 4097,
+            responses: 9,
+            ..Spec::default()
+        },
+    );
+    for d in common::each_dtype(&base) {
+        let owned = aem::head::launch::loss_head(&own, &d.inputs(), &cfg, GradDtype::F32, &plan)
+            .expect("owned path");
+        let (stats, grad) = aem::with_logits!(d.logits.as_logits(), x => {
+            let logits = stream.clone_htod(x).expect("upload");
+            let mut grad = stream.alloc_zeros::<f32>(x.len()).expect("alloc");
+            let mut h = DeviceHead::new(&dev, &d.inputs(), &cfg, x.len()).expect("head");
+            h.forward(&dev, Slice::cuda(&logits), &plan).expect("forward");
+            h.backward(&dev, Slice::cuda(&logits), GradDst::F32(SliceMut::cuda(&mut grad)), &plan)
+                .expect("backward");
+            h.check(&dev).expect("finite");
+            let stats = h.stats(&dev).expect("stats");
+            (stats, stream.clone_dtoh(&grad).expect("download"))
+        });
+        assert_eq!(stats, owned.stats);
+        assert_eq!(GradOut::F32(grad), owned.dlogits);
+    }
+}

@@ -253,7 +253,7 @@ fn device_update_plan_reproduces_the_host_alpha_pipeline() {
             ..inp
         },
         &hcfg,
-        launch::GradDst::F32(&mut dl_dev),
+        (&mut dl_dev).into(),
         Plan::default().block,
     )
     .unwrap();

@@ -1,4 +1,5 @@
-//! `CudaDevice`: the kernels on an NVIDIA GPU through cudarc (driver API, one stream).
+//! `CudaDevice`: the kernels on an NVIDIA GPU through cudarc (driver API, one stream: the
+//! context's default stream, or a stream the caller owns — [`CudaDevice::on_stream`]).
 //!
 //! Module load order per kernel module: fatbin → cubin for the device's `sm_XY` → PTX for a
 //! `compute_XY` not above the device → NVRTC of the embedded source. Modules are cached.
@@ -8,8 +9,8 @@ use super::{Arg, Elem, Gemm, GemmDtype, GemmElem, LaunchCfg, Limits, RawBuf, Tra
 use crate::error::{Error, Result};
 use cudarc::cublas::{self, CudaBlas};
 use cudarc::driver::{
-    sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
-    LaunchConfig, PushKernelArg,
+    sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut,
+    DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,9 +32,22 @@ pub trait AnySlice {
     fn device_ptr_u64(&self, stream: &CudaStream) -> u64;
 }
 
+// One stream: ordering is by the stream, so the access event can be recorded at argument time
+// (cudarc records it on `stream` when the guard drops).
 impl<T> AnySlice for CudaSlice<T> {
     fn device_ptr_u64(&self, stream: &CudaStream) -> u64 {
-        // One stream: ordering is by the stream, so the read event can be recorded now.
+        let (p, _record) = self.device_ptr(stream);
+        p
+    }
+}
+impl<T> AnySlice for CudaView<'_, T> {
+    fn device_ptr_u64(&self, stream: &CudaStream) -> u64 {
+        let (p, _record) = self.device_ptr(stream);
+        p
+    }
+}
+impl<T> AnySlice for CudaViewMut<'_, T> {
+    fn device_ptr_u64(&self, stream: &CudaStream) -> u64 {
         let (p, _record) = self.device_ptr(stream);
         p
     }
@@ -75,6 +89,17 @@ impl CudaDevice {
             ));
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| Error::NoDevice(e.to_string()))?;
+        Self::on_stream(ctx.default_stream())
+    }
+
+    /// The GPU of a stream the caller owns (its context shared): every upload, launch, GEMM and
+    /// download of this device is enqueued on `stream`, in call order, so it is ordered after
+    /// the caller's earlier work on that stream and before its later work, with no
+    /// synchronisation of its own. Only the calls that hand results to the host wait for the
+    /// stream: `dtoh` (and what is built on it: `DeviceHead::stats`, `check`, …) and
+    /// [`Self::synchronize`].
+    pub fn on_stream(stream: Arc<CudaStream>) -> Result<Self> {
+        let ctx = stream.context().clone();
         let sm = ctx.compute_capability().map_err(drv)?;
         let attr = |a: sys::CUdevice_attribute| -> Result<u32> {
             let v = ctx.attribute(a).map_err(drv)?;
@@ -91,7 +116,6 @@ impl CudaDevice {
             smem_default: attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK)?,
             smem_optin: attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?,
         };
-        let stream = ctx.default_stream();
         Ok(CudaDevice {
             ctx,
             stream,
@@ -101,6 +125,11 @@ impl CudaDevice {
             functions: Mutex::new(HashMap::new()),
             blas: Mutex::new(None),
         })
+    }
+
+    /// The stream every operation of this device is enqueued on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
     }
 
     pub fn name(&self) -> String {

@@ -151,8 +151,10 @@ impl EmuDevice {
         // SAFETY: `name` and `sig` are NUL-terminated; `ptrs` has one entry per signature char,
         // each pointing at a live value of the kernel parameter's type (the signature is checked
         // by the emulator against the registered kernel); buffer pointers come from live
-        // `EmuBuf`s whose lengths the launcher checked against the kernel's shapes; `msg` has
-        // the length passed.
+        // `EmuBuf`s or from host slices borrowed for the duration of this call
+        // (`Slice::host` / `SliceMut::host`; the launch runs to completion before it returns),
+        // whose lengths the launcher checked against the kernel's shapes, and kernels write
+        // only through the `SliceMut`/owned ones; `msg` has the length passed.
         let rc = unsafe {
             aem_emu_set_order(mode, seed);
             aem_emu_set_workers(self.workers);

@@ -225,6 +225,182 @@ impl<T: Elem> ViewMut<'_, T> {
     }
 }
 
+/// A borrowed window of `len` elements of `T` on a device, read-only: one of ours (`&DevBuf`, a
+/// [`View`]) or the caller's — a cudarc `CudaSlice` / `CudaView` on the GPU, or host memory,
+/// which is the emulator's device memory. No copy is made; the kernels read it in place. A
+/// window of one executor launched on another is an error, not a crash.
+#[derive(Clone, Copy)]
+pub struct Slice<'a, T: Elem> {
+    raw: RawBuf<'a>,
+    len: usize,
+    /// Whether the memory may also be written (it came from an owned buffer or a `&mut`): an
+    /// in-place gradient needs it.
+    writable: bool,
+    _elem: std::marker::PhantomData<&'a [T]>,
+}
+
+/// A borrowed, writable window of `len` elements of `T` on a device (a gradient destination):
+/// `&mut DevBuf`, or the caller's `&mut CudaSlice` / `CudaViewMut`, or `&mut [T]` host memory for
+/// the emulator.
+pub struct SliceMut<'a, T: Elem> {
+    raw: RawBuf<'a>,
+    len: usize,
+    _elem: std::marker::PhantomData<&'a mut [T]>,
+}
+
+impl<'a, T: Elem> Slice<'a, T> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Whether a kernel may write through it (in place).
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+    /// The window as a typed kernel pointer argument.
+    pub fn ptr(&self) -> Ptr<'a, T> {
+        Ptr {
+            arg: Arg::Buf(self.raw),
+            _elem: std::marker::PhantomData,
+        }
+    }
+    /// Host memory as the emulator's device memory (read in place by its kernels; on a GPU
+    /// launch it is refused as a buffer of another executor).
+    pub fn host(data: &'a [T]) -> Self {
+        Slice {
+            raw: RawBuf::Emu(data.as_ptr().cast_mut().cast()),
+            len: data.len(),
+            writable: false,
+            _elem: std::marker::PhantomData,
+        }
+    }
+    /// A caller's cudarc slice, read in place on the device's stream.
+    #[cfg(feature = "cuda")]
+    pub fn cuda(s: &'a cudarc::driver::CudaSlice<T>) -> Self {
+        Slice {
+            raw: RawBuf::Cuda(s, 0),
+            len: s.len(),
+            writable: false,
+            _elem: std::marker::PhantomData,
+        }
+    }
+    /// A caller's cudarc view (a window of a `CudaSlice`), read in place.
+    #[cfg(feature = "cuda")]
+    pub fn cuda_view(s: &'a cudarc::driver::CudaView<'a, T>) -> Self {
+        Slice {
+            raw: RawBuf::Cuda(s, 0),
+            len: s.len(),
+            writable: false,
+            _elem: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<'a, T: Elem> SliceMut<'a, T> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The window as a typed kernel pointer argument.
+    pub fn ptr(&self) -> Ptr<'_, T> {
+        Ptr {
+            arg: Arg::Buf(self.raw),
+            _elem: std::marker::PhantomData,
+        }
+    }
+    /// The same memory, read-only and writable (for an in-place update, the logits argument).
+    pub fn as_slice(&self) -> Slice<'_, T> {
+        Slice {
+            raw: self.raw,
+            len: self.len,
+            writable: true,
+            _elem: std::marker::PhantomData,
+        }
+    }
+    /// Host memory as the emulator's device memory, written in place by its kernels.
+    pub fn host(data: &'a mut [T]) -> Self {
+        SliceMut {
+            raw: RawBuf::Emu(data.as_mut_ptr().cast()),
+            len: data.len(),
+            _elem: std::marker::PhantomData,
+        }
+    }
+    /// A caller's cudarc slice, written in place on the device's stream.
+    #[cfg(feature = "cuda")]
+    pub fn cuda(s: &'a mut cudarc::driver::CudaSlice<T>) -> Self {
+        let len = s.len();
+        SliceMut {
+            raw: RawBuf::Cuda(s, 0),
+            len,
+            _elem: std::marker::PhantomData,
+        }
+    }
+    /// A caller's mutable cudarc view, written in place.
+    #[cfg(feature = "cuda")]
+    pub fn cuda_view(s: &'a mut cudarc::driver::CudaViewMut<'a, T>) -> Self {
+        let len = s.len();
+        SliceMut {
+            raw: RawBuf::Cuda(s, 0),
+            len,
+            _elem: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<'a, T: Elem> From<&'a DevBuf<T>> for Slice<'a, T> {
+    /// An owned buffer: its memory is ours, so an in-place update may write it (the launcher
+    /// has always allowed `GradDst::InPlace` over a `&DevBuf`).
+    fn from(b: &'a DevBuf<T>) -> Self {
+        Slice {
+            raw: b.raw(0),
+            len: b.len,
+            writable: true,
+            _elem: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<'a, T: Elem> From<&'a mut DevBuf<T>> for Slice<'a, T> {
+    fn from(b: &'a mut DevBuf<T>) -> Self {
+        Slice::from(&*b)
+    }
+}
+
+impl<'a, T: Elem> From<View<'a, T>> for Slice<'a, T> {
+    fn from(v: View<'a, T>) -> Self {
+        Slice {
+            raw: v.buf.raw(v.offset),
+            len: v.len,
+            writable: true,
+            _elem: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<'a, T: Elem> From<&'a mut DevBuf<T>> for SliceMut<'a, T> {
+    fn from(b: &'a mut DevBuf<T>) -> Self {
+        SliceMut {
+            raw: b.raw(0),
+            len: b.len,
+            _elem: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<'a, T: Elem> From<ViewMut<'a, T>> for SliceMut<'a, T> {
+    fn from(v: ViewMut<'a, T>) -> Self {
+        SliceMut {
+            raw: v.buf.raw(v.offset),
+            len: v.len,
+            _elem: std::marker::PhantomData,
+        }
+    }
+}
+
 /// Whether a GEMM operand is used as stored or transposed (cuBLAS `CUBLAS_OP_N` / `_T`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trans {
@@ -526,6 +702,13 @@ impl Device {
     /// The CPU emulator (always available).
     pub fn emu() -> Result<Self> {
         Ok(Device::Emu(emu::EmuDevice::new()?))
+    }
+
+    /// The GPU of a caller's cudarc stream (its context shared; every operation enqueued on
+    /// that stream, see [`cuda::CudaDevice::on_stream`]).
+    #[cfg(feature = "cuda")]
+    pub fn cuda_on_stream(stream: std::sync::Arc<cudarc::driver::CudaStream>) -> Result<Self> {
+        Ok(Device::Cuda(cuda::CudaDevice::on_stream(stream)?))
     }
 
     /// The CUDA device `ordinal`; a typed [`Error::NoDevice`] when no driver or device exists.

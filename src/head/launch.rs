@@ -4,7 +4,7 @@
 use super::result::{GradDtype, GradOut, HeadResult};
 pub use super::result::{HeadStats, UpdateStats};
 use super::{validate, validate_layout_for, HeadConfig, HeadInputs, Layout, LogitDtype};
-use crate::device::{kernels, DevBuf, Device, Elem, HeadParams, LaunchCfg, Ptr};
+use crate::device::{kernels, DevBuf, Device, Elem, HeadParams, LaunchCfg, Ptr, Slice, SliceMut};
 use crate::error::{Error, Result};
 use half::{bf16, f16};
 
@@ -181,11 +181,11 @@ pub trait DeviceLogit: Elem + crate::cpu::Logit + crate::cpu::GradElem {
     /// The gradient dtype of an in-place update (the logits' own).
     const GRAD: GradDtype;
     /// The buffer's pointer, tagged with its dtype.
-    fn logits_ptr(buf: &DevBuf<Self>) -> LogitsPtr<'_>;
+    fn logits_ptr(s: Slice<'_, Self>) -> LogitsPtr<'_>;
     /// A downloaded in-place gradient.
     fn grad_out(g: Vec<Self>) -> GradOut;
     /// A separate gradient buffer of this dtype as a destination.
-    fn grad_dst(buf: &mut DevBuf<Self>) -> GradDst<'_>;
+    fn grad_dst(buf: SliceMut<'_, Self>) -> GradDst<'_>;
 }
 
 /// `impl DeviceLogit` for a 16-bit type and its variant name in the dtype enums.
@@ -194,13 +194,13 @@ macro_rules! device_logit {
         impl DeviceLogit for $t {
             const DTYPE: LogitDtype = LogitDtype::$v;
             const GRAD: GradDtype = GradDtype::$v;
-            fn logits_ptr(buf: &DevBuf<Self>) -> LogitsPtr<'_> {
-                LogitsPtr::$v(buf.ptr())
+            fn logits_ptr(s: Slice<'_, Self>) -> LogitsPtr<'_> {
+                LogitsPtr::$v(s.ptr())
             }
             fn grad_out(g: Vec<Self>) -> GradOut {
                 GradOut::$v(g)
             }
-            fn grad_dst(buf: &mut DevBuf<Self>) -> GradDst<'_> {
+            fn grad_dst(buf: SliceMut<'_, Self>) -> GradDst<'_> {
                 GradDst::$v(buf)
             }
         }
@@ -298,15 +298,34 @@ pub struct DeviceHead {
 }
 
 /// Where the head writes dlogits (T, V).
+/// A separate destination is any [`SliceMut`] of T·V elements: one of ours (`(&mut buf).into()`)
+/// or the caller's (a cudarc `CudaSlice` on the GPU, host memory on the emulator).
 pub enum GradDst<'a> {
     /// A separate f16 buffer of T·V elements.
-    F16(&'a mut DevBuf<f16>),
+    F16(SliceMut<'a, f16>),
     /// A separate bf16 buffer of T·V elements.
-    Bf16(&'a mut DevBuf<bf16>),
+    Bf16(SliceMut<'a, bf16>),
     /// A separate f32 buffer of T·V elements.
-    F32(&'a mut DevBuf<f32>),
-    /// Over the logits, in their dtype.
+    F32(SliceMut<'a, f32>),
+    /// Over the logits, in their dtype (they must be writable: an owned buffer, or
+    /// [`SliceMut::as_slice`]).
     InPlace,
+}
+
+impl<'a> From<&'a mut DevBuf<f16>> for GradDst<'a> {
+    fn from(b: &'a mut DevBuf<f16>) -> Self {
+        GradDst::F16(b.into())
+    }
+}
+impl<'a> From<&'a mut DevBuf<bf16>> for GradDst<'a> {
+    fn from(b: &'a mut DevBuf<bf16>) -> Self {
+        GradDst::Bf16(b.into())
+    }
+}
+impl<'a> From<&'a mut DevBuf<f32>> for GradDst<'a> {
+    fn from(b: &'a mut DevBuf<f32>) -> Self {
+        GradDst::F32(b.into())
+    }
 }
 
 fn check_block(b: u32) -> Result<()> {
@@ -384,7 +403,7 @@ impl DeviceHead {
         })
     }
 
-    fn check_logits<X: Elem>(&self, logits: &DevBuf<X>) -> Result<()> {
+    fn check_logits<X: Elem>(&self, logits: &Slice<'_, X>) -> Result<()> {
         let tv = self.t * self.v; // T·V < 2^64: checked by validation
         if logits.len() == tv {
             Ok(())
@@ -421,15 +440,16 @@ impl DeviceHead {
     }
 
     /// Token stats, response stats, α and the rescaled advantage (launches only).
-    pub fn forward<X: DeviceLogit>(
+    pub fn forward<'l, X: DeviceLogit>(
         &mut self,
         dev: &Device,
-        logits: &DevBuf<X>,
+        logits: impl Into<Slice<'l, X>>,
         plan: &Plan,
     ) -> Result<()> {
+        let logits = logits.into();
         let b = plan.block;
         check_block(b)?;
-        self.check_logits(logits)?;
+        self.check_logits(&logits)?;
         self.reset_counters(dev)?;
         let (ti, vi, ri, gi) = self.dims;
         let p = self.p;
@@ -557,16 +577,25 @@ impl DeviceHead {
 
     /// Per-token loss, the gradient into the logits and the scalar loss (launches only), from
     /// the advantages of the last [`DeviceHead::forward`].
-    pub fn backward<X: DeviceLogit>(
+    pub fn backward<'l, X: DeviceLogit>(
         &mut self,
         dev: &Device,
-        logits: &DevBuf<X>,
+        logits: impl Into<Slice<'l, X>>,
         grad: GradDst<'_>,
         plan: &Plan,
     ) -> Result<()> {
+        let logits = logits.into();
         let b = plan.block;
         check_block(b)?;
-        self.check_logits(logits)?;
+        self.check_logits(&logits)?;
+        if matches!(grad, GradDst::InPlace) && !logits.is_writable() {
+            return Err(Error::config(
+                "grad",
+                0.0,
+                "in place needs writable logits (an owned buffer or SliceMut::as_slice), \
+                 not a read-only borrowed slice",
+            ));
+        }
         let tv = self.t * self.v;
         let glen = match &grad {
             GradDst::F16(g) => g.len(),
@@ -702,15 +731,16 @@ impl DeviceHead {
     /// rescaled advantage `A = α·A_base` as it is, no α is computed from these logits and no
     /// separate forward runs — one fused forward+backward launch (statistics, token loss,
     /// dlogits) and the loss reduction. Read the results with [`Self::update_stats`].
-    pub fn update<X: DeviceLogit>(
+    pub fn update<'l, X: DeviceLogit>(
         &mut self,
         dev: &Device,
-        logits: &DevBuf<X>,
+        logits: impl Into<Slice<'l, X>>,
         grad: GradDst<'_>,
         block: u32,
     ) -> Result<()> {
+        let logits = logits.into();
         check_block(block)?;
-        self.check_logits(logits)?;
+        self.check_logits(&logits)?;
         self.reset_bad_rows(dev)?;
         dev.copy(&self.adv_base, &mut self.adv)?;
         let plan = Plan {
@@ -760,7 +790,7 @@ impl DeviceHead {
 fn run<X: DeviceLogit>(
     dev: &Device,
     head: &mut DeviceHead,
-    logits: &DevBuf<X>,
+    logits: Slice<'_, X>,
     grad: GradDst<'_>,
     plan: &Plan,
     inp: &HeadInputs,
@@ -789,7 +819,7 @@ pub fn loss_head_resident<X: DeviceLogit>(
 ) -> Result<HeadStats> {
     check_block(plan.block)?;
     let mut head = DeviceHead::new(dev, inp, cfg, logits.len())?;
-    run(dev, &mut head, logits, grad, plan, inp, cfg)
+    run(dev, &mut head, (&*logits).into(), grad, plan, inp, cfg)
 }
 
 /// The policy-update plan ([`DeviceHead::update`]) on logits that already live on `dev`, with
@@ -841,7 +871,15 @@ fn loss_head_on<X: DeviceLogit>(
 ) -> Result<HeadResult> {
     let logits = dev.htod(x)?;
     if plan.in_place && dtype == X::GRAD {
-        let s = run(dev, head, &logits, GradDst::InPlace, plan, inp, cfg)?;
+        let s = run(
+            dev,
+            head,
+            (&logits).into(),
+            GradDst::InPlace,
+            plan,
+            inp,
+            cfg,
+        )?;
         return Ok(HeadResult {
             stats: s,
             dlogits: X::grad_out(dev.dtoh(&logits)?),
@@ -851,15 +889,7 @@ fn loss_head_on<X: DeviceLogit>(
     macro_rules! separate {
         ($t:ty, $variant:ident) => {{
             let mut g = dev.zeros::<$t>(x.len())?;
-            let s = run(
-                dev,
-                head,
-                &logits,
-                GradDst::$variant(&mut g),
-                plan,
-                inp,
-                cfg,
-            )?;
+            let s = run(dev, head, (&logits).into(), (&mut g).into(), plan, inp, cfg)?;
             (s, GradOut::$variant(dev.dtoh(&g)?))
         }};
     }

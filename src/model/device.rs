@@ -805,7 +805,7 @@ impl<'d> DeviceGpt<'d> {
             &mut a.logits16,
             inp,
             cfg,
-            GradDst::F32(a.bwd.dlogits.buf_mut()),
+            GradDst::F32(a.bwd.dlogits.buf_mut().into()),
             plan,
         )
     }
@@ -832,7 +832,7 @@ impl<'d> DeviceGpt<'d> {
             &mut a.logits16,
             inp,
             cfg,
-            GradDst::F32(a.bwd.dlogits.buf_mut()),
+            GradDst::F32(a.bwd.dlogits.buf_mut().into()),
             block,
         )
     }
