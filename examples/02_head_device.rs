@@ -8,22 +8,16 @@
 mod batch;
 
 use aem::device::{Device, Slice, SliceMut};
-use aem::head::file::{HeadData, HeadStats, LogitsVec};
+use aem::head::file::{HeadStats, LogitsVec};
 use aem::head::launch::{DeviceHead, GradDst, Plan};
 use aem::head::HeadConfig;
 use half::f16;
 
 /// The head over logits and a gradient buffer that `dev` owns (uploaded once).
-fn owned(
-    dev: &Device,
-    d: &HeadData,
-    x: &[f16],
-    cfg: &HeadConfig,
-) -> aem::Result<(HeadStats, Vec<f32>)> {
+fn owned(dev: &Device, mut h: DeviceHead, x: &[f16]) -> aem::Result<(HeadStats, Vec<f32>)> {
     let plan = Plan::default();
     let logits = dev.htod(x)?;
     let mut grad = dev.zeros::<f32>(x.len())?;
-    let mut h = DeviceHead::new(dev, &d.inputs(), cfg, x.len())?;
     h.forward(dev, &logits, &plan)?; // token stats → response stats → α
     h.backward(dev, &logits, (&mut grad).into(), &plan)?; // loss and dlogits
     h.check(dev)?; // a non-finite row is a typed error
@@ -31,14 +25,8 @@ fn owned(
 }
 
 /// The head over the caller's memory: read and written in place.
-fn borrowed(
-    dev: &Device,
-    d: &HeadData,
-    x: &[f16],
-    cfg: &HeadConfig,
-) -> aem::Result<(HeadStats, Vec<f32>)> {
+fn borrowed(dev: &Device, mut h: DeviceHead, x: &[f16]) -> aem::Result<(HeadStats, Vec<f32>)> {
     let plan = Plan::default();
-    let mut h = DeviceHead::new(dev, &d.inputs(), cfg, x.len())?;
     match dev {
         #[cfg(feature = "cuda")]
         Device::Cuda(c) => {
@@ -90,8 +78,10 @@ fn main() -> aem::Result<()> {
         Device::emu()
     })?;
     println!("device: {}", dev.name());
-    let (stats, grad) = owned(&dev, &d, x, &cfg)?;
-    let (stats_b, grad_b) = borrowed(&dev, &d, x, &cfg)?;
+    // The per-row and per-response inputs, validated and uploaded once per head.
+    let head = || DeviceHead::new(&dev, &d.inputs(), &cfg, x.len());
+    let (stats, grad) = owned(&dev, head()?, x)?;
+    let (stats_b, grad_b) = borrowed(&dev, head()?, x)?;
     println!("α = {:?}\nloss = {:.6}", stats.alpha, stats.loss);
 
     let want = aem::cpu::loss_head::<f64, f64>(&d.inputs(), &cfg)?;

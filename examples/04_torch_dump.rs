@@ -68,15 +68,7 @@ fn main() -> aem::Result<()> {
     // Reads and checks every tensor's dtype and rank; int64 indices are converted with a
     // range check, bf16 logits are kept as bf16.
     let d = file::read_inputs(&path, None)?;
-    let dtype = d.logits.as_logits().dtype();
-    println!(
-        "read T = {}, V = {}, R = {}, G = {}, logits {}",
-        d.targets.len(),
-        d.vocab,
-        d.resp_start.len(),
-        d.n_groups,
-        dtype.name()
-    );
+    println!("read {}", d.describe());
     let cfg = HeadConfig::default();
     let reference = file::compute(&d, &cfg, GradDtype::F32, Backend::Cpu)?;
     // The kernels: on the GPU when there is one, else on the emulator.

@@ -588,15 +588,7 @@ fn demo_input(a: DemoArgs) -> aem::Result<()> {
         d.logits = d.logits.to_bf16();
     }
     file::write_inputs(&a.output, &d)?;
-    eprintln!(
-        "aem demo-input: T={} V={} R={} G={} logits {} -> {}",
-        d.targets.len(),
-        d.vocab,
-        d.resp_start.len(),
-        d.n_groups,
-        a.logits_dtype.name(),
-        a.output.display()
-    );
+    eprintln!("aem demo-input: {} -> {}", d.describe(), a.output.display());
     Ok(())
 }
 
@@ -676,11 +668,8 @@ fn head(a: HeadArgs) -> aem::Result<()> {
     let res = file::compute(&data, &cfg, dtype, backend)?;
     file::write_result(&a.output, &res, data.vocab, &cfg)?;
     eprintln!(
-        "aem head: T={} V={} R={} G={} loss={:.6} -> {}",
-        data.targets.len(),
-        data.vocab,
-        data.resp_start.len(),
-        data.n_groups,
+        "aem head: {} loss={:.6} -> {}",
+        data.describe(),
         res.loss,
         a.output.display()
     );

@@ -66,6 +66,18 @@ pub struct HeadData {
 }
 
 impl HeadData {
+    /// `T=… V=… R=… G=… logits f16`: the shape, for messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "T={} V={} R={} G={} logits {}",
+            self.targets.len(),
+            self.vocab,
+            self.resp_start.len(),
+            self.n_groups,
+            self.logits.as_logits().dtype().name()
+        )
+    }
+
     pub fn inputs(&self) -> HeadInputs<'_> {
         HeadInputs {
             logits: self.logits.as_logits(),
