@@ -19,6 +19,8 @@
 //! 7. [`train`] — the RL trainer: rollouts, advantages, AEM, PPO updates, evaluation, runs.
 
 pub mod advantage;
+#[cfg(feature = "candle")]
+pub mod candle;
 pub mod cpu;
 pub mod device;
 pub mod env;

@@ -179,42 +179,45 @@ pub fn compute(
     let plan = super::launch::Plan::default();
     match backend.open()?.device {
         Some(dev) => super::launch::loss_head(&dev, &inp, cfg, dtype, &plan),
-        None => {
-            // The reference in f64, the gradient rounded once to the requested dtype.
-            macro_rules! reference {
-                ($t:ty, $variant:ident) => {{
-                    let o = cpu::loss_head::<f64, $t>(&inp, cfg)?;
-                    let bad = first_bad_row(o.dlogits.iter().map(|x| x.is_finite()), data.vocab);
-                    (o.fwd, o.loss, GradOut::$variant(o.dlogits), bad)
-                }};
-            }
-            let (fwd, loss, dlogits, grad_bad) = match dtype {
-                GradDtype::F16 => reference!(f16, F16),
-                GradDtype::Bf16 => reference!(bf16, Bf16),
-                GradDtype::F32 => reference!(f32, F32),
-            };
-            let res = HeadResult {
-                stats: HeadStats {
-                    rows: UpdateStats {
-                        logp: to_f32(&fwd.tokens.logp),
-                        entropy: to_f32(&fwd.tokens.entropy),
-                        lse: to_f32(&fwd.tokens.lse),
-                        token_loss: to_f32(&loss.token_loss),
-                        loss: loss.loss as f32,
-                        grad_bad,
-                        grad_dtype: dtype,
-                    },
-                    resp_surprisal: to_f32(&fwd.resp.surprisal),
-                    resp_mean_entropy: to_f32(&fwd.resp.mean_entropy),
-                    alpha: to_f32(&fwd.aem.alpha),
-                    adv: to_f32(&fwd.aem.adv),
-                },
-                dlogits,
-            };
-            res.check(&inp, cfg)?;
-            Ok(res)
-        }
+        None => reference(&inp, cfg, dtype),
     }
+}
+
+/// The f64 reference on host inputs, in the shape the kernels return it: statistics rounded
+/// once to f32, the gradient once to `dtype`, checked for finiteness as the kernels' are.
+pub fn reference(inp: &HeadInputs, cfg: &HeadConfig, dtype: GradDtype) -> Result<HeadResult> {
+    macro_rules! run {
+        ($t:ty, $variant:ident) => {{
+            let o = cpu::loss_head::<f64, $t>(inp, cfg)?;
+            let bad = first_bad_row(o.dlogits.iter().map(|x| x.is_finite()), inp.vocab);
+            (o.fwd, o.loss, GradOut::$variant(o.dlogits), bad)
+        }};
+    }
+    let (fwd, loss, dlogits, grad_bad) = match dtype {
+        GradDtype::F16 => run!(f16, F16),
+        GradDtype::Bf16 => run!(bf16, Bf16),
+        GradDtype::F32 => run!(f32, F32),
+    };
+    let res = HeadResult {
+        stats: HeadStats {
+            rows: UpdateStats {
+                logp: to_f32(&fwd.tokens.logp),
+                entropy: to_f32(&fwd.tokens.entropy),
+                lse: to_f32(&fwd.tokens.lse),
+                token_loss: to_f32(&loss.token_loss),
+                loss: loss.loss as f32,
+                grad_bad,
+                grad_dtype: dtype,
+            },
+            resp_surprisal: to_f32(&fwd.resp.surprisal),
+            resp_mean_entropy: to_f32(&fwd.resp.mean_entropy),
+            alpha: to_f32(&fwd.aem.alpha),
+            adv: to_f32(&fwd.aem.adv),
+        },
+        dlogits,
+    };
+    res.check(inp, cfg)?;
+    Ok(res)
 }
 
 /// Count of non-finite entries and the first row holding one, as the kernels report them.
