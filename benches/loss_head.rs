@@ -19,6 +19,25 @@ use aem::head::{self, HeadConfig};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use half::f16;
 use std::hint::black_box;
+use std::time::Instant;
+
+/// GB/s of `f` moving `bytes` per call (each call ends in a synchronisation): 3 warm-up calls,
+/// then the median of 15. For the percentage-of-device-copy lines, which criterion does not
+/// print; criterion's own figures are the primary measurement.
+fn gbps(bytes: u64, mut f: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        f();
+    }
+    let mut ts: Vec<f64> = (0..15)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    ts.sort_by(f64::total_cmp);
+    bytes as f64 / ts[ts.len() / 2] / 1e9
+}
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -120,31 +139,41 @@ fn bench_gpu(c: &mut Criterion) {
         let mut g = c.benchmark_group("device_copy");
         g.sample_size(20);
         g.throughput(Throughput::Bytes(4 * tv));
-        g.bench_function(format!("cuda/{shape}"), |bch| {
-            bch.iter(|| {
-                dev.copy(&src, &mut dst).expect("copy");
-                dev.synchronize().expect("sync");
-            })
-        });
+        let mut copy = || {
+            dev.copy(&src, &mut dst).expect("copy");
+            dev.synchronize().expect("sync");
+        };
+        g.bench_function(format!("cuda/{shape}"), |bch| bch.iter(&mut copy));
         g.finish();
+        let copy_gbps = gbps(4 * tv, copy);
+        eprintln!("device_copy/cuda/{shape}: {copy_gbps:.0} GB/s (the 100% below)");
         drop((src, dst));
 
-        bench_gpu_head(c, &dev, &b, x16, &format!("f16/{shape}"));
+        bench_gpu_head(c, &dev, &b, x16, &format!("f16/{shape}"), copy_gbps);
         let LogitsVec::Bf16(x) = b.logits.to_bf16() else {
             unreachable!("to_bf16 gives bf16")
         };
-        bench_gpu_head(c, &dev, &b, &x, &format!("bf16/{shape}"));
+        bench_gpu_head(c, &dev, &b, &x, &format!("bf16/{shape}"), copy_gbps);
     }
 }
 
-/// Every forward and backward plan on logits of element type `X`, the gradient in `X`.
+/// Every forward and backward plan on logits of element type `X`, the gradient in `X`; each
+/// also printed as a percentage of the device-copy bandwidth `copy_gbps` measured in this run.
 fn bench_gpu_head<X: DeviceLogit>(
     c: &mut Criterion,
     dev: &Device,
     b: &HeadData,
     x: &[X],
     label: &str,
+    copy_gbps: f64,
 ) {
+    let report = |name: &str, bytes: u64, f: &mut dyn FnMut()| {
+        let r = gbps(bytes, f);
+        eprintln!(
+            "{name}: {r:.0} GB/s = {:.1}% of device copy",
+            100.0 * r / copy_gbps
+        );
+    };
     use aem::head::launch::{BackwardPlan, DeviceHead, ForwardPlan, Plan};
     let (t, v) = (b.targets.len() as u64, b.vocab as u64);
     let inp = b.inputs();
@@ -163,12 +192,13 @@ fn bench_gpu_head<X: DeviceLogit>(
                 block,
                 ..Plan::default()
             };
-            g.bench_function(format!("cuda_{name}_b{block}/{label}"), |bch| {
-                bch.iter(|| {
-                    h.forward(dev, &logits, &plan).expect("forward");
-                    dev.synchronize().expect("sync");
-                })
-            });
+            let mut run = || {
+                h.forward(dev, &logits, &plan).expect("forward");
+                dev.synchronize().expect("sync");
+            };
+            let id = format!("cuda_{name}_b{block}/{label}");
+            g.bench_function(&id, |bch| bch.iter(&mut run));
+            report(&id, fwd.bytes(t, v), &mut run);
         }
     }
     g.finish();
@@ -184,13 +214,14 @@ fn bench_gpu_head<X: DeviceLogit>(
                 block,
                 ..Plan::default()
             };
-            g.bench_function(format!("cuda_{}_b{block}/{label}", bwd.name()), |bch| {
-                bch.iter(|| {
-                    h.backward(dev, &logits, X::grad_dst((&mut grad).into()), &plan)
-                        .expect("backward");
-                    dev.synchronize().expect("sync");
-                })
-            });
+            let mut run = || {
+                h.backward(dev, &logits, X::grad_dst((&mut grad).into()), &plan)
+                    .expect("backward");
+                dev.synchronize().expect("sync");
+            };
+            let id = format!("cuda_{}_b{block}/{label}", bwd.name());
+            g.bench_function(&id, |bch| bch.iter(&mut run));
+            report(&id, bwd.bytes(t, v, 2), &mut run);
         }
     }
     g.finish();
