@@ -95,7 +95,9 @@ impl Batch {
 /// What [`loss_head`] returns: the loss in the autograd graph, the statistics as constants.
 #[derive(Debug, Clone)]
 pub struct HeadOutput {
-    /// loss: () f32, `Σ_t w_t ℓ_t`; its backward is the head's `dlogits`.
+    /// loss: () f32, `Σ_t w_t ℓ_t`; its backward is the head's `dlogits`, which carry the
+    /// loss scale `cfg.grad_scale` (as on every executor), so with `s ≠ 1` the gradients candle
+    /// delivers are `s·∂loss/∂logits`.
     pub loss: Tensor,
     /// logp, entropy, lse, token_loss: (T) f32.
     pub logp: Tensor,
