@@ -139,10 +139,7 @@ fn poisoned() -> candle_core::Error {
 impl HeadOp {
     fn run(&self, logits: Logits<'_>) -> Result<HeadResult> {
         let inp = self.batch.inputs(logits, self.vocab);
-        let dtype = match logits {
-            Logits::F16(_) => GradDtype::F16,
-            Logits::Bf16(_) => GradDtype::Bf16,
-        };
+        let dtype = GradDtype::from(logits.dtype());
         match self.exec {
             Exec::Reference => file::reference(&inp, &self.cfg, dtype),
             Exec::Emulator => {

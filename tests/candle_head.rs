@@ -33,10 +33,7 @@ fn tensor_of(d: &HeadData) -> Tensor {
 }
 
 fn grad_dtype(d: &HeadData) -> GradDtype {
-    match d.logits {
-        LogitsVec::F16(_) => GradDtype::F16,
-        LogitsVec::Bf16(_) => GradDtype::Bf16,
-    }
+    d.logits.as_logits().dtype().into()
 }
 
 fn vec1(t: &Tensor) -> Vec<f32> {

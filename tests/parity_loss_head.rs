@@ -68,10 +68,7 @@ fn parity_every_plan_on_small_vocabularies() {
         // alternate plans) and in f32; the mixed pairs (f16 → bf16, bf16 → f16) in
         // `parity_every_option_and_aggregation`.
         for d in each_dtype(&d) {
-            let own = match d.logits {
-                LogitsVec::F16(_) => GradDtype::F16,
-                LogitsVec::Bf16(_) => GradDtype::Bf16,
-            };
+            let own = GradDtype::from(d.logits.as_logits().dtype());
             for plan in all_plans(&[32, 96, 256]) {
                 for dtype in [GradDtype::F32, own] {
                     let cfg = HeadConfig {
@@ -509,8 +506,8 @@ fn parity_at_extremes_with_plain_relative_tolerance() {
         // f32 gradients: elementwise, except where the row sum s is a sequential f32 loop (the
         // reference's f32 path, and token_stats_v1 feeding the separate backward). There the
         // loop, not the magnitude, is the limit: at B = 60000, σ = 256, τ = 64 (bf16) it drops 54
-        // terms below half an ulp of s, 3.4·10⁻⁶ of s, which 1 − p of a dominant target
-        // (p = 0.94) turns into 4·10⁻⁵ of that entry. Those paths are held normwise, which the
+        // terms below half an ulp of s, 3.1·10⁻⁶ of s (the test after this one), which 1 − p of
+        // a dominant target (p = 0.94) turns into 4·10⁻⁵ of that entry. Those paths are held normwise, which the
         // scale-then-shift numerics fail too (8·10⁻⁴ at B = 65000).
         let f32_grad = |got: &[f64], sequential: bool, ctx: &str| {
             if sequential {
@@ -564,4 +561,35 @@ fn parity_at_extremes_with_plain_relative_tolerance() {
             }
         }
     }
+}
+
+/// The finding behind the normwise rule above, reproduced: on the bf16 case B = 60000, σ = 256,
+/// τ = 64 (row 6 of its batch) a plain sequential f32 sum of the shifted exponentials loses
+/// terms below half an ulp of the running sum, and a compensated f32 sum does not.
+/// `-- --nocapture` prints the numbers the README quotes.
+#[test]
+fn a_sequential_f32_row_sum_is_the_limit_on_the_bf16_extreme_case() {
+    let d = extreme(108, 263, 60000.0, 256.0, LogitDtype::Bf16);
+    let x = logits_f64(&d);
+    let row = &x[6 * 263..7 * 263];
+    let m = row.iter().copied().fold(f64::MIN, f64::max);
+    let (mut plain, mut kahan, mut c, mut exact, mut tiny) = (0f32, 0f32, 0f32, 0f64, 0);
+    for &xv in row {
+        let e = (((xv - m) / 64.0) as f32).exp();
+        tiny += usize::from(e < f32::EPSILON / 2.0);
+        plain += e;
+        let y = e - c;
+        let t = kahan + y;
+        c = (t - kahan) - y;
+        kahan = t;
+        exact += f64::from(e);
+    }
+    let rel = |s: f32| (f64::from(s) - exact).abs() / exact;
+    println!(
+        "terms below half an ulp of s: {tiny}; plain f32 rel. error {:.2e}, compensated {:.2e}",
+        rel(plain),
+        rel(kahan)
+    );
+    assert!(rel(plain) > 1e-6, "plain {:e}", rel(plain));
+    assert!(rel(kahan) < 2e-7, "compensated {:e}", rel(kahan));
 }

@@ -3,7 +3,7 @@
 
 use super::result::{GradDtype, GradOut, HeadResult};
 pub use super::result::{HeadStats, UpdateStats};
-use super::{validate, validate_layout_for, HeadConfig, HeadInputs, Layout, LogitDtype};
+use super::{validate, validate_layout_for, HeadConfig, HeadInputs, Layout};
 use crate::device::{kernels, DevBuf, Device, Elem, HeadParams, LaunchCfg, Ptr, Slice, SliceMut};
 use crate::error::{Error, Result};
 use half::{bf16, f16};
@@ -177,7 +177,6 @@ fn blocks(n: usize, per_block: u32) -> Result<u32> {
 /// A logits element the kernels read: f16 or bf16. The head's entry points are generic over
 /// it; each launch picks the kernel instantiated for it (`token_stats_bf16_v2`, …).
 pub trait DeviceLogit: Elem + crate::cpu::Logit + crate::cpu::GradElem {
-    const DTYPE: LogitDtype;
     /// The gradient dtype of an in-place update (the logits' own).
     const GRAD: GradDtype;
     /// The buffer's pointer, tagged with its dtype.
@@ -192,7 +191,6 @@ pub trait DeviceLogit: Elem + crate::cpu::Logit + crate::cpu::GradElem {
 macro_rules! device_logit {
     ($t:ty, $v:ident) => {
         impl DeviceLogit for $t {
-            const DTYPE: LogitDtype = LogitDtype::$v;
             const GRAD: GradDtype = GradDtype::$v;
             fn logits_ptr(s: Slice<'_, Self>) -> LogitsPtr<'_> {
                 LogitsPtr::$v(s.ptr())

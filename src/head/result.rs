@@ -35,6 +35,16 @@ impl GradDtype {
     }
 }
 
+impl From<super::LogitDtype> for GradDtype {
+    /// The logits' own dtype as a gradient dtype (what an in-place update writes).
+    fn from(d: super::LogitDtype) -> Self {
+        match d {
+            super::LogitDtype::F16 => GradDtype::F16,
+            super::LogitDtype::Bf16 => GradDtype::Bf16,
+        }
+    }
+}
+
 /// The per-row outputs and the loss: what every plan computes, and all that the policy-update
 /// plan ([`super::launch::DeviceHead::update`]) computes besides the gradient.
 #[derive(Debug, Clone, PartialEq)]
